@@ -1,0 +1,57 @@
+"""ModelReplica: one Serve replica of one catalog model, over the engine contract."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from llmaas.config.catalog import ModelSpec
+from llmaas.engine import Engine, EngineHealth, GenerationChunk, GenerationRequest, ModelInfo, default_engine_cls
+from llmaas.models import resolve_model_path
+
+logger = logging.getLogger("ray.serve")
+
+
+class ModelReplica:
+    """Loads the model (rank 0 plus TP peers), then serves generate / embed / info."""
+
+    async def __init__(self, spec: ModelSpec, cache_dir: str, *, engine_cls: type[Engine] | None = None) -> None:
+        self.spec = spec
+        path = await asyncio.to_thread(resolve_model_path, spec.source, Path(cache_dir))
+        cls = engine_cls or default_engine_cls(spec)
+        kwargs: dict[str, Any] = {}
+        if spec.tensor_parallel_size > 1:
+            from llmaas.deployments.workers import RayPeerGroup
+
+            kwargs["peers"] = RayPeerGroup(spec, path)
+        self.engine = cls(spec, path, **kwargs)
+        await self.engine.start()
+        logger.info("model %s ready (tp=%d) from %s", spec.id, spec.tensor_parallel_size, path)
+
+    async def info(self) -> ModelInfo:
+        return self.engine.info
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        stream = self.engine.generate(request)
+        try:
+            async for chunk in stream:
+                yield chunk
+        finally:
+            # NOTE: closing the engine's stream cancels the sequence (client gone or handle cancelled).
+            await stream.aclose()  # type: ignore[attr-defined]
+
+    async def embed(self, inputs: list[list[int]]) -> list[list[float]]:
+        return await self.engine.embed(inputs)
+
+    def health(self) -> EngineHealth:
+        return self.engine.health()
+
+    def check_health(self) -> None:
+        """Serve's health hook: an unhealthy engine gets its replica replaced."""
+        health = self.engine.health()
+        if not health.healthy:
+            raise RuntimeError(f"model {self.spec.id} unhealthy: {health.detail}")
+

@@ -1,0 +1,203 @@
+"""The ``llmaas`` command line.
+
+Examples:
+  llmaas serve                              # the embedded default on http://127.0.0.1:8000
+  llmaas serve --catalog models.yaml --host 0.0.0.0 --port 8080
+  llmaas prepare --catalog models.yaml      # build/load demo models ahead of time
+  llmaas check --catalog models.yaml        # validate a catalog, deploy nothing
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from llmaas.config.catalog import Catalog
+
+
+def _load_catalog(path: str | None) -> Catalog:
+    from llmaas.catalogs import default_catalog
+
+    return Catalog.from_file(path) if path else default_catalog()
+
+
+def _print_validation_error(path: str | None, exc: ValidationError) -> None:
+    print(f"error: catalog {path or '(embedded default)'} is invalid:", file=sys.stderr)
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        print(f"  - {loc}: {str(err['msg']).removeprefix('Value error, ')}", file=sys.stderr)
+
+
+def prepare(catalog: Catalog) -> dict[str, Path]:
+    """Resolve every model's directory, building demo models with a progress bar."""
+    from tqdm import tqdm
+
+    from llmaas.models import is_prepared, resolve_model_path
+
+    paths: dict[str, Path] = {}
+    for spec in catalog.models:
+        if is_prepared(spec.source, catalog.cache_path):
+            paths[spec.id] = resolve_model_path(spec.source, catalog.cache_path)
+            print(f"  {spec.id}: {paths[spec.id]}")
+            continue
+        bar = tqdm(total=100, desc=f"  building {spec.id}", unit="%", leave=True)
+
+        def progress(stage: str, fraction: float, bar: Any = bar) -> None:
+            bar.set_postfix_str(stage)
+            bar.n = int(fraction * 100)
+            bar.refresh()
+
+        paths[spec.id] = resolve_model_path(spec.source, catalog.cache_path, progress)
+        bar.close()
+        print(f"  {spec.id}: {paths[spec.id]}")
+    return paths
+
+
+def _cpus_needed(catalog: Catalog) -> float:
+    total = catalog.router.num_cpus * catalog.router.num_replicas
+    total += catalog.tokenizer.num_cpus * catalog.tokenizer.num_replicas
+    for spec in catalog.models:
+        replicas = spec.replicas.num_replicas or (
+            spec.replicas.autoscaling.initial_replicas or spec.replicas.autoscaling.min_replicas
+            if spec.replicas.autoscaling
+            else 1
+        )
+        total += spec.resources.num_cpus * spec.tensor_parallel_size * replicas
+    return total
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    try:
+        catalog = _load_catalog(args.catalog)
+    except ValidationError as exc:
+        _print_validation_error(args.catalog, exc)
+        return 2
+    from llmaas.preflight import check_catalog
+
+    problems = check_catalog(catalog)
+    if problems:
+        print("error: the catalog cannot be deployed:\n  - " + "\n  - ".join(problems), file=sys.stderr)
+        return 2
+    print(f"llmaas: preparing {len(catalog.models)} model(s)")
+    started = time.perf_counter()
+    prepare(catalog)
+
+    import ray
+    from ray import serve
+
+    from llmaas.deployments.builder import build_from_catalog
+
+    if args.address:
+        ray.init(address=args.address, log_to_driver=False)
+    else:
+        # NOTE: Ray schedules by logical CPUs; on a small machine the default catalog's fractional
+        # CPUs may add up past the cores, so declare at least what it needs.
+        cpus = max(os.cpu_count() or 1, math.ceil(_cpus_needed(catalog)))
+        ray.init(num_cpus=cpus, include_dashboard=args.dashboard, log_to_driver=False)
+    serve.start(http_options={"host": args.host, "port": args.port})
+    print("llmaas: starting replicas (router, tokenizer, models)")
+    serve.run(build_from_catalog(catalog), name=catalog.app_name, route_prefix="/", blocking=False)
+    _wait_running(catalog.app_name, timeout_s=args.start_timeout)
+    url = f"http://{args.host}:{args.port}"
+    print(f"llmaas: serving {', '.join(m.id for m in catalog.models)} on {url} "
+          f"(ready in {time.perf_counter() - started:.0f}s)")
+    print(f"  curl {url}/v1/models")
+    print(f"  OpenAI(base_url='{url}/v1', api_key='none')")
+    print("  Ctrl-C stops it.")
+    stop = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    try:
+        while not stop["now"]:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    print("llmaas: shutting down")
+    serve.shutdown()
+    ray.shutdown()
+    return 0
+
+
+def _wait_running(app_name: str, timeout_s: float) -> None:
+    from ray import serve
+
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    while time.monotonic() < deadline:
+        status = serve.status().applications.get(app_name)
+        state = str(status.status) if status else "NOT_STARTED"
+        if state.endswith("RUNNING"):
+            return
+        if state.endswith("DEPLOY_FAILED"):
+            raise SystemExit(f"llmaas: deployment failed: {status.message if status else ''}")
+        if state != last:
+            print(f"  application: {state.split('.')[-1]}")
+            last = state
+        time.sleep(1)
+    raise SystemExit(f"llmaas: the application was not running after {timeout_s:.0f}s")
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    try:
+        catalog = _load_catalog(args.catalog)
+    except ValidationError as exc:
+        _print_validation_error(args.catalog, exc)
+        return 2
+    prepare(catalog)
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from llmaas.preflight import check_catalog
+
+    try:
+        catalog = _load_catalog(args.catalog)
+    except ValidationError as exc:
+        _print_validation_error(args.catalog, exc)
+        return 2
+    problems = check_catalog(catalog)
+    if problems:
+        print("error: the catalog cannot be deployed:\n  - " + "\n  - ".join(problems), file=sys.stderr)
+        return 2
+    for spec in catalog.models:
+        print(f"ok  {spec.id:<32} {spec.task.value:<9} tp={spec.tensor_parallel_size} {spec.source.describe()}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="llmaas", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    serve_p = sub.add_parser("serve", help="run the platform (embedded default unless --catalog)")
+    serve_p.add_argument("--catalog", help="catalog YAML (default: the embedded one)")
+    serve_p.add_argument("--host", default="127.0.0.1")
+    serve_p.add_argument("--port", type=int, default=8000)
+    serve_p.add_argument("--address", help="join a running Ray cluster (e.g. 'auto') instead of starting one")
+    serve_p.add_argument("--dashboard", action="store_true", help="start the Ray dashboard too")
+    serve_p.add_argument("--start-timeout", type=float, default=900.0, help="seconds to wait for replicas")
+    serve_p.set_defaults(func=cmd_serve)
+    prep_p = sub.add_parser("prepare", help="build or locate every model of a catalog, with progress")
+    prep_p.add_argument("--catalog")
+    prep_p.set_defaults(func=cmd_prepare)
+    check_p = sub.add_parser("check", help="validate a catalog without deploying it")
+    check_p.add_argument("--catalog")
+    check_p.set_defaults(func=cmd_check)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

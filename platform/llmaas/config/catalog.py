@@ -1,0 +1,308 @@
+"""The model catalog: what the platform serves, and how each model is sized.
+
+One YAML file, validated here. Each entry becomes one Serve deployment (see
+``llmaas.deployments.builder``); every rule below has a failing-input test in
+``tests/unit/test_catalog.py``.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from llmaas.config.base import BaseConfig
+
+MODEL_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
+
+DemoModelName = Literal["tiny-llama-chat", "tiny-gpt2", "all-minilm-l6-v2"]
+DType = Literal["auto", "float32", "float16", "bfloat16"]
+
+
+class Task(str, Enum):
+    """What a model does. ``classify`` is reserved in the schema; no engine serves it yet."""
+
+    GENERATE = "generate"
+    EMBED = "embed"
+    CLASSIFY = "classify"
+
+
+SERVED_TASKS = (Task.GENERATE, Task.EMBED)
+
+
+class ModelSource(BaseConfig):
+    """Where the weights come from: a local Hugging Face directory, or one of llmaas's demo models."""
+
+    path: str | None = Field(
+        default=None,
+        description="A local directory in Hugging Face layout (config.json, weights, tokenizer files).",
+    )
+    demo: DemoModelName | None = Field(
+        default=None,
+        description="One of the models llmaas builds or ships itself (no hub needed).",
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ModelSource:
+        if (self.path is None) == (self.demo is None):
+            raise ValueError(
+                "source needs exactly one of 'path' (a local Hugging Face directory) or 'demo' "
+                "(one of: tiny-llama-chat, tiny-gpt2, all-minilm-l6-v2)"
+            )
+        return self
+
+    @field_validator("path")
+    @classmethod
+    def _path_not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("source.path is empty: give the directory that holds config.json")
+        return value
+
+    def describe(self) -> str:
+        return f"demo:{self.demo}" if self.demo else f"path:{self.path}"
+
+
+class BatchingConfig(BaseConfig):
+    """Limits of the batching scheduler in each replica."""
+
+    max_batch_size: int = Field(default=16, ge=1, le=1024, description="Sequences decoded together.")
+    max_batch_tokens: int = Field(
+        default=8192, ge=16, description="Prompt tokens prefilled in one step across the batch."
+    )
+    batch_wait_ms: float = Field(
+        default=2.0, ge=0.0, le=1000.0, description="How long a new batch waits for more requests to join."
+    )
+    max_queued_requests: int = Field(
+        default=256,
+        ge=0,
+        description="Requests Serve holds for this model when every replica is full; more get 503.",
+    )
+
+
+class SamplingDefaults(BaseConfig):
+    """Sampling parameters used where a request leaves them out."""
+
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    top_k: int = Field(default=0, ge=0, description="0 disables top-k.")
+    max_tokens: int = Field(default=256, ge=1, description="Completion length when a request gives none.")
+
+
+class AutoscalingConfig(BaseConfig):
+    """Serve autoscaling bounds for one model."""
+
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=1, ge=1)
+    initial_replicas: int | None = Field(default=None, ge=0)
+    target_ongoing_requests: float = Field(default=8.0, gt=0)
+    upscale_delay_s: float = Field(default=10.0, ge=0)
+    downscale_delay_s: float = Field(default=300.0, ge=0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscalingConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"autoscaling.min_replicas ({self.min_replicas}) is above max_replicas "
+                f"({self.max_replicas}): raise max_replicas or lower min_replicas"
+            )
+        if self.initial_replicas is not None and not (
+            self.min_replicas <= self.initial_replicas <= self.max_replicas
+        ):
+            raise ValueError(
+                f"autoscaling.initial_replicas ({self.initial_replicas}) must lie between "
+                f"min_replicas ({self.min_replicas}) and max_replicas ({self.max_replicas})"
+            )
+        return self
+
+
+class ReplicaConfig(BaseConfig):
+    """How many replicas of a model run: a fixed number, or autoscaling bounds."""
+
+    num_replicas: int | None = Field(default=None, ge=1, description="Fixed replica count.")
+    autoscaling: AutoscalingConfig | None = Field(default=None)
+    max_ongoing_requests: int | None = Field(
+        default=None, ge=1, description="Requests one replica takes at once (default: 2 x max_batch_size)."
+    )
+
+    @model_validator(mode="after")
+    def _one_mode(self) -> ReplicaConfig:
+        if self.num_replicas is not None and self.autoscaling is not None:
+            raise ValueError(
+                "replicas: set either num_replicas (a fixed count) or autoscaling (bounds), not both"
+            )
+        return self
+
+
+class WorkerResources(BaseConfig):
+    """Resources of each worker (rank) of a replica; a TP=N replica has N workers."""
+
+    num_cpus: float = Field(default=1.0, gt=0)
+    num_gpus: float = Field(default=0.0, ge=0)
+    memory_bytes: int | None = Field(default=None, ge=0)
+    custom: dict[str, float] = Field(default_factory=dict, description="Extra Ray resources per worker.")
+    torch_threads: int | None = Field(
+        default=None, ge=1, description="Intra-op threads per worker (default: num_cpus, at least 1)."
+    )
+
+    @field_validator("num_gpus")
+    @classmethod
+    def _whole_gpus(cls, value: float) -> float:
+        if value > 1 and value != int(value):
+            raise ValueError(f"num_gpus={value}: above 1 a worker takes whole GPUs (1, 2, ...)")
+        return value
+
+    @property
+    def threads(self) -> int:
+        return self.torch_threads or max(1, int(self.num_cpus))
+
+    @property
+    def uses_gpu(self) -> bool:
+        return self.num_gpus > 0
+
+
+class ModelSpec(BaseConfig):
+    """One catalog entry: one model, served by one Serve deployment."""
+
+    id: str = Field(description="The name clients send as 'model'.")
+    task: Task = Field(default=Task.GENERATE)
+    source: ModelSource
+    dtype: DType = Field(default="auto", description="auto: float32 on CPU, bfloat16 on GPU.")
+    tensor_parallel_size: int = Field(default=1, ge=1, le=64)
+    max_context_length: int | None = Field(
+        default=None, ge=8, description="Prompt + completion tokens (default: the model's own limit)."
+    )
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    sampling: SamplingDefaults = Field(default_factory=SamplingDefaults)
+    replicas: ReplicaConfig = Field(default_factory=ReplicaConfig)
+    resources: WorkerResources = Field(default_factory=WorkerResources)
+    kernel_inject: bool = Field(
+        default=False, description="DeepSpeed kernel injection (GPU and supported architectures only)."
+    )
+    description: str = Field(default="", description="Shown in /v1/models.")
+
+    @field_validator("id")
+    @classmethod
+    def _id_shape(cls, value: str) -> str:
+        if not MODEL_ID_PATTERN.match(value):
+            raise ValueError(
+                f"model id {value!r} is not allowed: use 1-128 letters, digits and . _ : / -, "
+                "starting with a letter or digit"
+            )
+        return value
+
+    @field_validator("task")
+    @classmethod
+    def _task_served(cls, value: Task) -> Task:
+        if value not in SERVED_TASKS:
+            raise ValueError(
+                f"task {value.value!r} is reserved but not served yet: use 'generate' or 'embed'"
+            )
+        return value
+
+    @field_validator("tensor_parallel_size")
+    @classmethod
+    def _power_of_two(cls, value: int) -> int:
+        if value & (value - 1):
+            raise ValueError(
+                f"tensor_parallel_size={value}: use a power of two (1, 2, 4, 8) so that heads split evenly"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> ModelSpec:
+        if self.task is Task.EMBED and self.tensor_parallel_size > 1:
+            raise ValueError(
+                f"model {self.id!r}: embedding models run unsharded; set tensor_parallel_size: 1"
+            )
+        if self.dtype == "float16" and not self.resources.uses_gpu:
+            raise ValueError(
+                f"model {self.id!r}: dtype float16 needs a GPU (resources.num_gpus > 0); "
+                "on CPU use float32 or bfloat16"
+            )
+        if self.kernel_inject and not self.resources.uses_gpu:
+            raise ValueError(
+                f"model {self.id!r}: kernel_inject needs a GPU (resources.num_gpus > 0); set it to false on CPU"
+            )
+        if self.resources.num_gpus > 0 and self.tensor_parallel_size > 1 and self.resources.num_gpus < 1:
+            raise ValueError(
+                f"model {self.id!r}: a tensor-parallel rank needs a whole GPU; set resources.num_gpus: 1"
+            )
+        if self.sampling.max_tokens >= (self.max_context_length or 1 << 30):
+            raise ValueError(
+                f"model {self.id!r}: sampling.max_tokens ({self.sampling.max_tokens}) must be below "
+                f"max_context_length ({self.max_context_length})"
+            )
+        return self
+
+    @property
+    def torch_dtype_name(self) -> str:
+        if self.dtype != "auto":
+            return self.dtype
+        return "bfloat16" if self.resources.uses_gpu else "float32"
+
+    @property
+    def max_ongoing_requests(self) -> int:
+        return self.replicas.max_ongoing_requests or 2 * self.batching.max_batch_size
+
+
+class ComponentConfig(BaseConfig):
+    """Sizing of the router or tokenizer deployment."""
+
+    num_replicas: int = Field(default=1, ge=1)
+    num_cpus: float = Field(default=0.25, ge=0)
+    max_ongoing_requests: int = Field(default=1024, ge=1)
+
+
+class Catalog(BaseConfig):
+    """The whole catalog file."""
+
+    app_name: str = Field(default="llmaas", description="Serve application name (handles look it up).")
+    models: list[ModelSpec] = Field(min_length=1, description="At least one model.")
+    cache_dir: str = Field(
+        default="~/.cache/llmaas/models", description="Where demo models are built on first use."
+    )
+    router: ComponentConfig = Field(default_factory=ComponentConfig)
+    tokenizer: ComponentConfig = Field(default_factory=ComponentConfig)
+    request_timeout_s: float = Field(
+        default=600.0, gt=0, description="An accepted request that takes longer ends with a 504."
+    )
+
+    @field_validator("app_name")
+    @classmethod
+    def _app_name(cls, value: str) -> str:
+        if not re.match(r"^[A-Za-z0-9_-]{1,64}$", value):
+            raise ValueError(f"app_name {value!r}: use 1-64 letters, digits, '_' or '-'")
+        return value
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> Catalog:
+        seen: set[str] = set()
+        for spec in self.models:
+            if spec.id in seen:
+                raise ValueError(f"model id {spec.id!r} appears twice in models: ids must be unique")
+            seen.add(spec.id)
+        slugs: dict[str, str] = {}
+        for spec in self.models:
+            slug = deployment_name(spec.id)
+            if slug in slugs:
+                raise ValueError(
+                    f"model ids {slugs[slug]!r} and {spec.id!r} map to the same deployment name {slug!r}: "
+                    "rename one"
+                )
+            slugs[slug] = spec.id
+        return self
+
+    def get(self, model_id: str) -> ModelSpec | None:
+        return next((m for m in self.models if m.id == model_id), None)
+
+    @property
+    def cache_path(self) -> Path:
+        return Path(self.cache_dir).expanduser()
+
+
+def deployment_name(model_id: str) -> str:
+    """The Serve deployment name of a model: ``model:`` + the id with separators flattened."""
+    return "model-" + re.sub(r"[^A-Za-z0-9_-]", "_", model_id)

@@ -1,0 +1,120 @@
+"""The DeepSpeed-inference backend for generative models."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from llmaas.config.catalog import ModelSpec
+from llmaas.engine.batcher import BatchScheduler
+from llmaas.engine.errors import EngineNotReady
+from llmaas.engine.protocol import Engine
+from llmaas.engine.runner import ModelRunner, PeerGroup
+from llmaas.engine.types import EngineHealth, GenerationChunk, GenerationRequest, ModelInfo
+
+logger = logging.getLogger(__name__)
+
+
+def model_context_length(config: Any) -> int:
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 2048
+
+
+def read_architecture(model_path: Path) -> str:
+    """The ``model_type`` in config.json, without loading the model."""
+    try:
+        return str(json.loads((Path(model_path) / "config.json").read_text())["model_type"])
+    except (OSError, KeyError, ValueError):
+        return ""
+
+
+class DeepSpeedEngine(Engine):
+    """Generation on DeepSpeed-inference shards, scheduled by ``BatchScheduler``."""
+
+    def __init__(self, spec: ModelSpec, model_path: Path, *, peers: PeerGroup | None = None) -> None:
+        super().__init__(spec, model_path)
+        self.runner = ModelRunner(spec, model_path, peers=peers)
+        self.scheduler: BatchScheduler | None = None
+        self._info: ModelInfo | None = None
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._load)
+        assert self.scheduler is not None
+        self.scheduler.start()
+
+    def _load(self) -> None:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        self.runner.load()
+        config = self.runner.model_config
+        limit = model_context_length(config)
+        context = min(self.spec.max_context_length or limit, limit)
+        eos: set[int] = set()
+        for source in (getattr(self.runner.local.model, "generation_config", None), config, tokenizer):
+            value = getattr(source, "eos_token_id", None)
+            if isinstance(value, int):
+                eos.add(value)
+            elif isinstance(value, list | tuple):
+                eos.update(int(v) for v in value)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos, default=0)
+        self.scheduler = BatchScheduler(
+            self.spec,
+            self.runner,
+            tokenizer,
+            eos_token_ids=eos,
+            max_context_length=context,
+            pad_token_id=int(pad),
+        )
+        self._info = ModelInfo(
+            model_id=self.spec.id,
+            task=self.spec.task.value,
+            max_context_length=context,
+            vocab_size=int(config.vocab_size),
+            eos_token_ids=sorted(eos),
+            tensor_parallel_size=self.spec.tensor_parallel_size,
+            architecture=str(getattr(config, "model_type", "")),
+        )
+
+    @property
+    def info(self) -> ModelInfo:
+        if self._info is None:
+            raise EngineNotReady(f"model {self.spec.id!r} is still loading")
+        return self._info
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        if self.scheduler is None:
+            raise EngineNotReady(f"model {self.spec.id!r} is still loading")
+        async for chunk in self.scheduler.generate(request):
+            yield chunk
+
+    def health(self) -> EngineHealth:
+        scheduler = self.scheduler
+        if scheduler is None:
+            return EngineHealth(healthy=False, detail="loading")
+        if not scheduler.alive:
+            return EngineHealth(healthy=False, detail=f"scheduler stopped: {scheduler.last_error}")
+        if self.runner.peers is not None:
+            try:
+                self.runner.peers.check_alive()
+            except Exception as exc:
+                return EngineHealth(healthy=False, detail=f"tensor-parallel peer lost: {exc}")
+        return EngineHealth(
+            healthy=True,
+            running=scheduler.num_running,
+            waiting=scheduler.num_waiting,
+            steps=scheduler.steps,
+            peak_batch=scheduler.peak_batch,
+        )
+
+    async def shutdown(self) -> None:
+        if self.scheduler is not None:
+            await asyncio.to_thread(self.scheduler.shutdown)
+        self.runner.shutdown()

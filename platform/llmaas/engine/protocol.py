@@ -1,0 +1,47 @@
+"""The engine contract: what a ModelReplica needs from an inference backend.
+
+Deployments depend on this class only; the DeepSpeed backend implements it, and tests hand
+in fakes through the replica's keyword-only ``engine_cls`` argument.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from llmaas.config.catalog import ModelSpec
+from llmaas.engine.errors import UnsupportedTask
+from llmaas.engine.types import EngineHealth, GenerationChunk, GenerationRequest, ModelInfo
+
+
+class Engine(ABC):
+    """An inference backend for one model in one replica."""
+
+    def __init__(self, spec: ModelSpec, model_path: Path) -> None:
+        self.spec = spec
+        self.model_path = model_path
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Load weights, form the tensor-parallel group, warm up. Called once before traffic."""
+
+    @property
+    @abstractmethod
+    def info(self) -> ModelInfo:
+        """Limits and special tokens; valid after ``start``."""
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        """Stream chunks for one sequence. Closing the iterator cancels the sequence."""
+        raise UnsupportedTask(f"model {self.spec.id!r} does not generate text (task: {self.spec.task.value})")
+
+    async def embed(self, inputs: list[list[int]]) -> list[list[float]]:
+        """One normalised vector per tokenized input."""
+        raise UnsupportedTask(f"model {self.spec.id!r} does not make embeddings (task: {self.spec.task.value})")
+
+    @abstractmethod
+    def health(self) -> EngineHealth:
+        """Cheap liveness/readiness report."""
+
+    async def shutdown(self) -> None:  # noqa: B027 - optional hook
+        """Release workers and memory."""

@@ -1,0 +1,204 @@
+"""One rank of a model: a DeepSpeed-inference shard, its KV cache, and the step it runs.
+
+A replica with ``tensor_parallel_size: N`` has N ranks. Rank 0 lives in the Serve replica
+and decides every step; ranks 1..N-1 are worker actors (see ``llmaas.deployments.workers``)
+that run the same ``ShardRunner.step`` in lockstep. DeepSpeed's AutoTP shards the linear
+layers and all-reduces inside the forward pass, so every rank ends a step with the full
+logits and its own slice of the KV cache.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import torch
+
+from llmaas.config.catalog import ModelSpec
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class StepInput:
+    """Everything a rank needs to run one forward step; picklable, identical on every rank."""
+
+    kind: Literal["prefill", "decode"]
+    input_ids: torch.Tensor  # [batch, new tokens]
+    attention_mask: torch.Tensor  # [batch, cached + new tokens]
+    position_ids: torch.Tensor  # [batch, new tokens]
+    keep_rows: tuple[int, ...] | None = None  # decode: rows of the cache to keep first
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def node_ip() -> str:
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return str(ray.util.get_node_ip_address())
+    except Exception:  # pragma: no cover - ray absent or not connected
+        pass
+    return "127.0.0.1"
+
+
+def _prepare_distributed_env(rank: int, world_size: int, master_addr: str, master_port: int) -> None:
+    """Environment that torch.distributed and DeepSpeed read when ranks start outside their launcher.
+
+    NOTE: DeepSpeed's CPU shared-memory all-reduce segfaults unless LOCAL_SIZE equals the
+    world size in every rank; our ranks share one node (STRICT_PACK), so that is exact.
+    On GPUs Ray gives each rank one visible device, so its local device index is 0.
+    """
+    one_visible_gpu = torch.cuda.is_available() and torch.cuda.device_count() == 1
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK="0" if one_visible_gpu else str(rank),
+        LOCAL_SIZE=str(world_size),
+        CROSS_RANK="0",
+        CROSS_SIZE="1",
+        MASTER_ADDR=master_addr,
+        MASTER_PORT=str(master_port),
+    )
+
+
+class ShardRunner:
+    """A model shard on one rank. Plain class: usable in-process (TP=1) or inside an actor."""
+
+    def __init__(self, spec: ModelSpec, model_path: Path, *, rank: int = 0) -> None:
+        self.spec = spec
+        self.model_path = Path(model_path)
+        self.rank = rank
+        self.world_size = spec.tensor_parallel_size
+        self.model: Any = None
+        self.cache: Any = None
+        self.device = torch.device("cpu")
+
+    def load(self, master_addr: str = "127.0.0.1", master_port: int = 0) -> dict[str, Any]:
+        """Form the process group (TP > 1), load the weights, wrap them with DeepSpeed-inference."""
+        started = time.perf_counter()
+        torch.set_num_threads(self.spec.resources.threads)
+        if self.spec.resources.uses_gpu and not torch.cuda.is_available():
+            raise RuntimeError(
+                f"model {self.spec.id!r} asks for GPUs (resources.num_gpus > 0) but this worker sees none"
+            )
+        import deepspeed
+        from transformers import AutoModelForCausalLM
+
+        if self.world_size > 1:
+            _prepare_distributed_env(self.rank, self.world_size, master_addr, master_port)
+            backend = "nccl" if self.spec.resources.uses_gpu else "gloo"
+            deepspeed.init_distributed(
+                dist_backend=backend,
+                init_method=f"tcp://{master_addr}:{master_port}",
+                rank=self.rank,
+                world_size=self.world_size,
+            )
+        dtype = _DTYPES[self.spec.torch_dtype_name]
+        model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype)
+        model.eval()
+        engine = deepspeed.init_inference(
+            model,
+            dtype=dtype,
+            tensor_parallel={"tp_size": self.world_size},
+            replace_with_kernel_inject=self.spec.kernel_inject,
+        )
+        self.model = engine.module
+        self.device = next(self.model.parameters()).device
+        loaded = time.perf_counter() - started
+        logger.info("rank %d of %s loaded in %.1fs", self.rank, self.spec.id, loaded)
+        return {"rank": self.rank, "load_s": loaded, "device": str(self.device)}
+
+    @torch.inference_mode()
+    def step(self, step: StepInput, return_logits: bool = True) -> torch.Tensor | None:
+        """Run one forward step; return the last position's logits per row ([batch, vocab])."""
+        from transformers import DynamicCache
+
+        if step.kind == "prefill":
+            self.cache = DynamicCache(config=self.model.config)
+        elif step.keep_rows is not None:
+            self.cache.batch_select_indices(torch.tensor(step.keep_rows, device=self.device))
+        out = self.model(
+            input_ids=step.input_ids.to(self.device),
+            attention_mask=step.attention_mask.to(self.device),
+            position_ids=step.position_ids.to(self.device),
+            past_key_values=self.cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        self.cache = out.past_key_values
+        if not return_logits:
+            return None
+        return out.logits[:, -1, :].float().cpu()
+
+    def release(self) -> None:
+        self.cache = None
+
+
+class PeerGroup(Protocol):
+    """Ranks 1..N-1 of a tensor-parallel replica, as seen from rank 0 (Ray actors in practice)."""
+
+    def load(self, master_addr: str, master_port: int) -> list[Any]:
+        """Start loading on every peer; return handles to wait on."""
+
+    def step(self, step: StepInput) -> list[Any]:
+        """Start one step on every peer; return handles to wait on."""
+
+    def wait(self, handles: list[Any], timeout_s: float | None = None) -> None:
+        """Block until the handles finish; raise if a peer failed."""
+
+    def check_alive(self) -> None:
+        """Raise if a peer died."""
+
+    def shutdown(self) -> None: ...
+
+
+class ModelRunner:
+    """What the scheduler calls: rank 0's shard, with its peers in lockstep when TP > 1."""
+
+    def __init__(self, spec: ModelSpec, model_path: Path, *, peers: PeerGroup | None = None) -> None:
+        if spec.tensor_parallel_size > 1 and peers is None:
+            raise ValueError(
+                f"model {spec.id!r} has tensor_parallel_size={spec.tensor_parallel_size} but no peer ranks"
+            )
+        self.local = ShardRunner(spec, model_path, rank=0)
+        self.peers = peers
+
+    def load(self) -> None:
+        if self.peers is None:
+            self.local.load()
+            return
+        addr, port = node_ip(), free_port()
+        pending = self.peers.load(addr, port)
+        self.local.load(addr, port)
+        self.peers.wait(pending, timeout_s=900)
+
+    @property
+    def model_config(self) -> Any:
+        return self.local.model.config
+
+    def step(self, step: StepInput) -> torch.Tensor:
+        pending = self.peers.step(step) if self.peers is not None else []
+        logits = self.local.step(step)
+        if self.peers is not None:
+            # NOTE: peers block inside the same all-reduces as rank 0, so they finish together.
+            self.peers.wait(pending, timeout_s=120)
+        assert logits is not None
+        return logits
+
+    def shutdown(self) -> None:
+        self.local.release()
+        if self.peers is not None:
+            self.peers.shutdown()

@@ -1,0 +1,75 @@
+"""Plain data that crosses the engine contract (and Serve handles): pydantic, picklable."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class FinishReason(str, Enum):
+    STOP = "stop"  # EOS or a stop string
+    LENGTH = "length"  # max_tokens or the context limit
+    ABORT = "abort"  # cancelled (client gone) or engine failure
+
+
+class SamplingParams(BaseModel):
+    """Per-sequence sampling. ``temperature == 0`` is greedy decoding."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_tokens: int = Field(default=16, ge=1)
+    temperature: float = Field(default=1.0, ge=0.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    top_k: int = Field(default=0, ge=0)
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+class GenerationRequest(BaseModel):
+    """One sequence to generate: prompt token ids in, chunks out."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    request_id: str
+    prompt_token_ids: list[int] = Field(min_length=1)
+    sampling: SamplingParams
+
+
+class GenerationChunk(BaseModel):
+    """What the engine yields per step for one sequence. The last one has ``finish_reason`` set."""
+
+    request_id: str
+    text: str = ""
+    token_ids: list[int] = Field(default_factory=list)
+    num_prompt_tokens: int = 0
+    num_generated_tokens: int = 0
+    finish_reason: FinishReason | None = None
+    error: str | None = None
+
+
+class ModelInfo(BaseModel):
+    """Facts about a loaded model that the router needs (limits, special tokens)."""
+
+    model_id: str
+    task: str
+    max_context_length: int
+    vocab_size: int
+    eos_token_ids: list[int] = Field(default_factory=list)
+    embedding_dim: int | None = None
+    tensor_parallel_size: int = 1
+    architecture: str = ""
+
+
+class EngineHealth(BaseModel):
+    healthy: bool
+    detail: str = ""
+    running: int = 0
+    waiting: int = 0
+    steps: int = 0  # forward steps run since start
+    peak_batch: int = 0  # most sequences ever decoded together

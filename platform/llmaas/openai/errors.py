@@ -1,0 +1,96 @@
+"""Errors in OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from llmaas.openai.protocol import ErrorDetail, ErrorResponse
+
+
+class OpenAIError(Exception):
+    """An error a client sees; the router turns it into a JSON response with ``status``."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",  # noqa: A002 - OpenAI's field name
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        detail = ErrorDetail(message=self.message, type=self.type, param=self.param, code=self.code)
+        return ErrorResponse(error=detail).model_dump()
+
+
+def bad_request(message: str, param: str | None = None, code: str | None = None) -> OpenAIError:
+    return OpenAIError(400, message, param=param, code=code)
+
+
+def model_not_found(model: str, served: list[str]) -> OpenAIError:
+    listing = ", ".join(served) if served else "none"
+    return OpenAIError(
+        404,
+        f"The model '{model}' does not exist. Served models: {listing}.",
+        param="model",
+        code="model_not_found",
+    )
+
+
+def unavailable(message: str, retry_after_s: int = 1) -> OpenAIError:
+    return OpenAIError(
+        503,
+        message,
+        type="server_error",
+        code="overloaded",
+        headers={"Retry-After": str(retry_after_s)},
+    )
+
+
+def internal(message: str) -> OpenAIError:
+    return OpenAIError(500, message, type="server_error", code="internal_error")
+
+
+def _loc_to_param(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif item in ("body",) and not parts:
+            continue
+        elif isinstance(item, str) and ("[" in item or item.startswith(("function-", "union"))):
+            continue  # pydantic's union/tagged branch names, not field names
+        elif item in ("str", "int", "list[str]", "list[int]", "list[list[int]]", "float", "bool"):
+            continue
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts) or "body"
+
+
+def from_validation_error(exc: ValidationError) -> OpenAIError:
+    """A 400 naming the first bad field, with pydantic's reason."""
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    param = _loc_to_param(tuple(first.get("loc", ())))
+    if first.get("type") == "extra_forbidden":
+        message = f"Unrecognized request argument supplied: {param}"
+    elif first.get("type") == "missing":
+        message = f"Missing required parameter: '{param}'."
+    else:
+        reason = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+        message = f"Invalid value for '{param}': {reason}"
+    if len(errors) > 1:
+        message += f" ({len(errors) - 1} more problem{'s' if len(errors) > 2 else ''} in this request)"
+    return OpenAIError(400, message, param=param, code="invalid_value")

@@ -1,0 +1,415 @@
+"""The OpenAI-compatible service: validation, tokenization, fan-out to models, responses.
+
+Plain async code over two small protocols (a tokenizer and one client per model), so it runs
+the same behind the Serve router, behind the handle client, and in unit tests with fakes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import struct
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
+
+from llmaas.config.catalog import Catalog, ModelSpec, Task
+from llmaas.engine.errors import EngineError, EngineNotReady, EngineOverloaded, UnsupportedTask
+from llmaas.engine.types import FinishReason, GenerationChunk, GenerationRequest, ModelInfo
+from llmaas.openai.errors import OpenAIError, bad_request, internal, model_not_found, unavailable
+from llmaas.openai.protocol import (
+    AssistantMessage,
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionChoice,
+    CompletionRequest,
+    CompletionResponse,
+    DeltaMessage,
+    EmbeddingData,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    EmbeddingUsage,
+    ModelCard,
+    ModelList,
+    Usage,
+    new_id,
+    now,
+)
+
+T = TypeVar("T")
+
+
+class TokenizerClient(Protocol):
+    async def encode(self, model_id: str, texts: list[str], add_special_tokens: bool) -> list[list[int]]: ...
+
+    async def chat_template(
+        self, model_id: str, messages: list[dict[str, str]], add_generation_prompt: bool
+    ) -> list[int]: ...
+
+
+class ModelClient(Protocol):
+    async def info(self) -> ModelInfo: ...
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]: ...
+
+    async def embed(self, inputs: list[list[int]]) -> list[list[float]]: ...
+
+
+@dataclass
+class _Choice:
+    text: list[str] = field(default_factory=list)
+    finish_reason: str | None = None
+    completion_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    spec: ModelSpec
+    prompt_ids: list[int]
+    requests: list[GenerationRequest]
+
+
+def _finish_reason(chunk: GenerationChunk) -> str | None:
+    if chunk.finish_reason is None:
+        return None
+    return "length" if chunk.finish_reason is FinishReason.LENGTH else "stop"
+
+
+class OpenAIService:
+    """One instance per router replica."""
+
+    def __init__(self, catalog: Catalog, tokenizer: TokenizerClient, models: dict[str, ModelClient]) -> None:
+        self.catalog = catalog
+        self.tokenizer = tokenizer
+        self.models = models
+        self._info: dict[str, ModelInfo] = {}
+
+    # ---- lookups ---------------------------------------------------------------------------
+    def _spec(self, model: str, task: Task, param_hint: str) -> ModelSpec:
+        spec = self.catalog.get(model)
+        if spec is None or model not in self.models:
+            raise model_not_found(model, [m.id for m in self.catalog.models])
+        if spec.task is not task:
+            fix = {
+                Task.GENERATE: "use /v1/completions or /v1/chat/completions with it",
+                Task.EMBED: "use /v1/embeddings with it",
+            }.get(spec.task, "")
+            wanted = [m.id for m in self.catalog.models if m.task is task]
+            raise bad_request(
+                f"Model '{model}' has task '{spec.task.value}' and cannot serve {param_hint}: {fix}. "
+                f"Models for this route: {', '.join(wanted) or 'none'}.",
+                param="model",
+                code="wrong_task",
+            )
+        return spec
+
+    async def model_info(self, model_id: str) -> ModelInfo:
+        info = self._info.get(model_id)
+        if info is None:
+            info = await self._call(self.models[model_id].info())
+            self._info[model_id] = info
+        return info
+
+    async def list_models(self) -> ModelList:
+        cards = []
+        for spec in self.catalog.models:
+            info = self._info.get(spec.id)
+            cards.append(
+                ModelCard(
+                    id=spec.id,
+                    task=spec.task.value,
+                    max_context_length=info.max_context_length if info else spec.max_context_length,
+                    description=spec.description,
+                )
+            )
+        return ModelList(data=cards)
+
+    async def _call(self, awaitable: Awaitable[T]) -> T:
+        """Await a model call, turning engine failures into OpenAI errors."""
+        try:
+            return await awaitable
+        except OpenAIError:
+            raise
+        except EngineOverloaded as exc:
+            raise unavailable(str(exc)) from exc
+        except EngineNotReady as exc:
+            raise unavailable(str(exc), retry_after_s=5) from exc
+        except UnsupportedTask as exc:
+            raise bad_request(str(exc), param="model", code="wrong_task") from exc
+        except EngineError as exc:
+            raise internal(str(exc)) from exc
+
+    # ---- generation ----------------------------------------------------------------------------
+    async def _prepare(
+        self, request: CompletionRequest | ChatCompletionRequest, prompt_ids: list[int], spec: ModelSpec, param: str
+    ) -> _Prepared:
+        info = await self.model_info(spec.id)
+        limit = info.max_context_length
+        if any(t < 0 or t >= info.vocab_size for t in prompt_ids):
+            raise bad_request(
+                f"prompt holds token ids outside the vocabulary (0..{info.vocab_size - 1})", param=param
+            )
+        if len(prompt_ids) >= limit:
+            raise bad_request(
+                f"This model's maximum context length is {limit} tokens. However, your {param} is "
+                f"{len(prompt_ids)} tokens, which leaves no room for a completion. Shorten the {param}.",
+                param=param,
+                code="context_length_exceeded",
+            )
+        asked = request.requested_max_tokens()
+        if asked is not None and len(prompt_ids) + asked > limit:
+            raise bad_request(
+                f"This model's maximum context length is {limit} tokens. However, you requested "
+                f"{len(prompt_ids) + asked} tokens ({len(prompt_ids)} in the {param}, {asked} in the completion). "
+                "Reduce the length of the prompt or max_tokens.",
+                param="max_completion_tokens" if isinstance(request, ChatCompletionRequest)
+                and request.max_completion_tokens is not None else "max_tokens",
+                code="context_length_exceeded",
+            )
+        max_tokens = asked if asked is not None else min(spec.sampling.max_tokens, limit - len(prompt_ids))
+        base = uuid.uuid4().hex
+        requests = [
+            GenerationRequest(
+                request_id=f"{base}-{i}",
+                prompt_token_ids=prompt_ids,
+                sampling=request.to_sampling_params(spec.sampling, max_tokens, choice=i),
+            )
+            for i in range(request.n)
+        ]
+        return _Prepared(spec=spec, prompt_ids=prompt_ids, requests=requests)
+
+    async def _completion_prompt(self, request: CompletionRequest) -> tuple[ModelSpec, list[int]]:
+        spec = self._spec(request.model, Task.GENERATE, "completions")
+        prompt = request.single_prompt()
+        if isinstance(prompt, str):
+            if not prompt:
+                raise bad_request("prompt is empty: give some text", param="prompt")
+            ids = (await self._call(self.tokenizer.encode(spec.id, [prompt], True)))[0]
+        else:
+            ids = prompt
+        if not ids:
+            raise bad_request("prompt encodes to no tokens", param="prompt")
+        return spec, ids
+
+    async def _chat_prompt(self, request: ChatCompletionRequest) -> tuple[ModelSpec, list[int]]:
+        spec = self._spec(request.model, Task.GENERATE, "chat completions")
+        ids = await self._call(
+            self.tokenizer.chat_template(spec.id, request.template_messages(), request.add_generation_prompt)
+        )
+        if not ids:
+            raise bad_request("messages render to an empty prompt", param="messages")
+        return spec, ids
+
+    async def _merged(self, prepared: _Prepared) -> AsyncIterator[tuple[int, GenerationChunk]]:
+        """All choices' chunks as they come; closing this cancels every choice."""
+        client = self.models[prepared.spec.id]
+        queue: asyncio.Queue[tuple[int, GenerationChunk | BaseException]] = asyncio.Queue()
+
+        async def pump(index: int, req: GenerationRequest) -> None:
+            try:
+                async for chunk in client.generate(req):
+                    await queue.put((index, chunk))
+            except BaseException as exc:  # delivered to the consumer, which raises it
+                await queue.put((index, exc))
+
+        tasks = [asyncio.create_task(pump(i, r)) for i, r in enumerate(prepared.requests)]
+        open_choices = len(tasks)
+        try:
+            while open_choices:
+                index, item = await queue.get()
+                if isinstance(item, BaseException):
+                    await self._call(_raise(item))
+                    return
+                if item.error:
+                    raise internal(f"generation failed: {item.error}")
+                if item.finish_reason is not None:
+                    open_choices -= 1
+                yield index, item
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(BaseException):
+                    await task
+
+    async def _collect(self, prepared: _Prepared) -> list[_Choice]:
+        choices = [_Choice() for _ in prepared.requests]
+        async for index, chunk in self._merged(prepared):
+            choice = choices[index]
+            choice.text.append(chunk.text)
+            choice.completion_tokens = chunk.num_generated_tokens
+            if chunk.finish_reason is not None:
+                choice.finish_reason = _finish_reason(chunk)
+        return choices
+
+    def _usage(self, prepared: _Prepared, completion_tokens: int) -> Usage:
+        prompt = len(prepared.prompt_ids)
+        return Usage(prompt_tokens=prompt, completion_tokens=completion_tokens, total_tokens=prompt + completion_tokens)
+
+    async def _with_timeout(self, awaitable: Awaitable[T]) -> T:
+        try:
+            return await asyncio.wait_for(awaitable, timeout=self.catalog.request_timeout_s)
+        except TimeoutError as exc:
+            raise OpenAIError(
+                504,
+                f"the request took longer than {self.catalog.request_timeout_s:.0f}s and was cancelled",
+                type="server_error",
+                code="timeout",
+            ) from exc
+
+    async def completion(self, request: CompletionRequest) -> CompletionResponse:
+        spec, ids = await self._completion_prompt(request)
+        prepared = await self._prepare(request, ids, spec, "prompt")
+        choices = await self._with_timeout(self._collect(prepared))
+        return CompletionResponse(
+            id=new_id("cmpl"),
+            created=now(),
+            model=spec.id,
+            choices=[
+                CompletionChoice(index=i, text="".join(c.text), finish_reason=c.finish_reason)
+                for i, c in enumerate(choices)
+            ],
+            usage=self._usage(prepared, sum(c.completion_tokens for c in choices)),
+        )
+
+    async def chat(self, request: ChatCompletionRequest) -> ChatCompletionResponse:
+        spec, ids = await self._chat_prompt(request)
+        prepared = await self._prepare(request, ids, spec, "messages")
+        choices = await self._with_timeout(self._collect(prepared))
+        return ChatCompletionResponse(
+            id=new_id("chatcmpl"),
+            created=now(),
+            model=spec.id,
+            choices=[
+                ChatChoice(index=i, message=AssistantMessage(content="".join(c.text)), finish_reason=c.finish_reason)
+                for i, c in enumerate(choices)
+            ],
+            usage=self._usage(prepared, sum(c.completion_tokens for c in choices)),
+        )
+
+    async def completion_stream(self, request: CompletionRequest) -> AsyncIterator[CompletionResponse]:
+        """Validate first (errors raise before any byte is sent), then stream chunks."""
+        spec, ids = await self._completion_prompt(request)
+        prepared = await self._prepare(request, ids, spec, "prompt")
+        return self._completion_chunks(request, prepared)
+
+    async def _completion_chunks(
+        self, request: CompletionRequest, prepared: _Prepared
+    ) -> AsyncIterator[CompletionResponse]:
+        rid, created, total = new_id("cmpl"), now(), 0
+        async for index, chunk in self._merged(prepared):
+            if not chunk.text and chunk.finish_reason is None:
+                continue
+            if chunk.finish_reason is not None:
+                total += chunk.num_generated_tokens
+            yield CompletionResponse(
+                id=rid,
+                created=created,
+                model=prepared.spec.id,
+                choices=[CompletionChoice(index=index, text=chunk.text, finish_reason=_finish_reason(chunk))],
+            )
+        if request.stream_options and request.stream_options.include_usage:
+            yield CompletionResponse(
+                id=rid, created=created, model=prepared.spec.id, choices=[], usage=self._usage(prepared, total)
+            )
+
+    async def chat_stream(self, request: ChatCompletionRequest) -> AsyncIterator[ChatCompletionChunk]:
+        spec, ids = await self._chat_prompt(request)
+        prepared = await self._prepare(request, ids, spec, "messages")
+        return self._chat_chunks(request, prepared)
+
+    async def _chat_chunks(
+        self, request: ChatCompletionRequest, prepared: _Prepared
+    ) -> AsyncIterator[ChatCompletionChunk]:
+        rid, created, total = new_id("chatcmpl"), now(), 0
+        model = prepared.spec.id
+        for index in range(len(prepared.requests)):
+            yield ChatCompletionChunk(
+                id=rid,
+                created=created,
+                model=model,
+                choices=[ChatChunkChoice(index=index, delta=DeltaMessage(role="assistant", content=""))],
+            )
+        async for index, chunk in self._merged(prepared):
+            if not chunk.text and chunk.finish_reason is None:
+                continue
+            if chunk.finish_reason is not None:
+                total += chunk.num_generated_tokens
+            delta = DeltaMessage(content=chunk.text) if chunk.text else DeltaMessage()
+            yield ChatCompletionChunk(
+                id=rid,
+                created=created,
+                model=model,
+                choices=[ChatChunkChoice(index=index, delta=delta, finish_reason=_finish_reason(chunk))],
+            )
+        if request.stream_options and request.stream_options.include_usage:
+            yield ChatCompletionChunk(
+                id=rid, created=created, model=model, choices=[], usage=self._usage(prepared, total)
+            )
+
+    # ---- embeddings ------------------------------------------------------------------------------
+    async def embeddings(self, request: EmbeddingRequest) -> EmbeddingResponse:
+        spec = self._spec(request.model, Task.EMBED, "embeddings")
+        info = await self.model_info(spec.id)
+        items = request.items()
+        texts = [(i, t) for i, t in enumerate(items) if isinstance(t, str)]
+        encoded: list[list[int]] = [t if isinstance(t, list) else [] for t in items]
+        if texts:
+            ids = await self._call(self.tokenizer.encode(spec.id, [t for _, t in texts], True))
+            for (i, _), tokens in zip(texts, ids, strict=True):
+                encoded[i] = tokens
+        for i, tokens in enumerate(encoded):
+            if len(tokens) > info.max_context_length:
+                where = "input" if len(items) == 1 else f"input[{i}]"
+                raise bad_request(
+                    f"This model's maximum context length is {info.max_context_length} tokens. However, "
+                    f"{where} is {len(tokens)} tokens. Shorten it or split it.",
+                    param=where,
+                    code="context_length_exceeded",
+                )
+            if any(t < 0 or t >= info.vocab_size for t in tokens):
+                raise bad_request(f"input[{i}] holds token ids outside the vocabulary", param="input")
+        if request.dimensions is not None and request.dimensions != info.embedding_dim:
+            raise bad_request(
+                f"model '{spec.id}' makes {info.embedding_dim}-dimensional embeddings; "
+                f"dimensions={request.dimensions} is not supported (leave it unset)",
+                param="dimensions",
+            )
+        vectors = await self._with_timeout(self._call(self.models[spec.id].embed(encoded)))
+        data = [
+            EmbeddingData(index=i, embedding=_b64(v) if request.encoding_format == "base64" else v)
+            for i, v in enumerate(vectors)
+        ]
+        used = sum(len(t) for t in encoded)
+        return EmbeddingResponse(
+            data=data, model=spec.id, usage=EmbeddingUsage(prompt_tokens=used, total_tokens=used)
+        )
+
+    async def ready(self) -> dict[str, str]:
+        """Per model: 'ready' or why not. Cached model info is refreshed so a dead model shows."""
+        out: dict[str, str] = {}
+
+        async def probe(model_id: str) -> None:
+            try:
+                self._info[model_id] = await asyncio.wait_for(self.models[model_id].info(), timeout=5)
+                out[model_id] = "ready"
+            except Exception as exc:
+                out[model_id] = f"not ready: {type(exc).__name__}: {exc}"[:300]
+
+        await asyncio.gather(*(probe(m) for m in self.models))
+        return out
+
+
+async def _raise(exc: BaseException) -> None:
+    raise exc
+
+
+def _b64(vector: list[float]) -> str:
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
+
+

@@ -1,0 +1,62 @@
+"""Checks of a catalog against the models it names, before anything is deployed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from llmaas.config.catalog import Catalog, ModelSpec, Task
+from llmaas.models.demo import RECIPES
+
+# NOTE: DeepSpeed's AutoTP has no sharding policy for these; they run with tensor_parallel_size: 1.
+AUTOTP_UNSUPPORTED = {"gpt2", "gpt_bigcode", "bert"}
+
+
+def _architecture(spec: ModelSpec) -> tuple[str, dict[str, object]]:
+    if spec.source.demo is not None:
+        recipe = RECIPES.get(spec.source.demo)
+        arch = recipe.architecture if recipe else "bert"
+        heads = recipe.heads if recipe else 12
+        kv = recipe.kv_heads if recipe else 12
+        return arch, {"num_attention_heads": heads, "num_key_value_heads": kv}
+    config = Path(str(spec.source.path)).expanduser() / "config.json"
+    try:
+        data = json.loads(config.read_text())
+    except (OSError, ValueError):
+        return "", {}
+    return str(data.get("model_type", "")), data
+
+
+def check_model(spec: ModelSpec) -> list[str]:
+    problems: list[str] = []
+    if spec.source.path is not None and not (Path(spec.source.path).expanduser() / "config.json").exists():
+        problems.append(
+            f"model {spec.id!r}: source.path {spec.source.path!r} holds no config.json; "
+            "point it at a Hugging Face model directory"
+        )
+        return problems
+    arch, config = _architecture(spec)
+    if spec.task is Task.GENERATE and spec.source.demo == "all-minilm-l6-v2":
+        problems.append(f"model {spec.id!r}: all-minilm-l6-v2 is an embedding model; set task: embed")
+    if spec.task is Task.EMBED and spec.source.demo in RECIPES:
+        problems.append(f"model {spec.id!r}: demo {spec.source.demo!r} is generative; set task: generate")
+    tp = spec.tensor_parallel_size
+    if tp > 1:
+        if arch in AUTOTP_UNSUPPORTED:
+            problems.append(
+                f"model {spec.id!r}: architecture {arch!r} is not supported by DeepSpeed AutoTP; "
+                "set tensor_parallel_size: 1 (Llama-family models shard)"
+            )
+        for key in ("num_attention_heads", "num_key_value_heads"):
+            heads = config.get(key)
+            if isinstance(heads, int) and heads % tp:
+                problems.append(
+                    f"model {spec.id!r}: {key}={heads} does not split across tensor_parallel_size={tp}; "
+                    "use a divisor of it"
+                )
+    return problems
+
+
+def check_catalog(catalog: Catalog) -> list[str]:
+    """Every reason this catalog cannot be deployed, as messages naming the model and the fix."""
+    return [problem for spec in catalog.models for problem in check_model(spec)]

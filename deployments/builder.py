@@ -75,19 +75,23 @@ def _component_options(name: str, config: ComponentConfig) -> dict[str, Any]:
     }
 
 
+def _deployment(cls: type, options: dict[str, Any]) -> Any:
+    return serve.deployment(cls, **options)
+
+
 def build_from_catalog(catalog: Catalog, *, engine_cls: type[Engine] | None = None) -> Application:
     """Bind the graph for ``catalog``. ``engine_cls`` replaces every model's engine (tests)."""
     problems = check_catalog(catalog)
     if problems:
         raise ValueError("the catalog cannot be deployed:\n- " + "\n- ".join(problems))
     models = {
-        spec.id: serve.deployment(ModelReplica, **model_deployment_options(spec)).bind(
+        spec.id: _deployment(ModelReplica, model_deployment_options(spec)).bind(
             spec, str(catalog.cache_path), engine_cls=engine_cls
         )
         for spec in catalog.models
     }
-    tokenizer = serve.deployment(Tokenizer, **_component_options("tokenizer", catalog.tokenizer)).bind(catalog)
-    router = serve.deployment(Router, **_component_options("router", catalog.router))
+    tokenizer = _deployment(Tokenizer, _component_options("tokenizer", catalog.tokenizer)).bind(catalog)
+    router = _deployment(Router, _component_options("router", catalog.router))
     return router.bind(catalog, tokenizer, models)
 
 

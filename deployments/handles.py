@@ -49,7 +49,9 @@ class HandleTokenizer:
         self._handle = handle
 
     async def encode(self, model_id: str, texts: list[str], add_special_tokens: bool) -> list[list[int]]:
-        result: list[list[int]] = await _await(self._handle.encode.remote(model_id, texts, add_special_tokens))
+        result: list[list[int]] = await _await(
+            self._handle.encode.remote(model_id, texts, add_special_tokens)
+        )
         return result
 
     async def chat_template(

@@ -9,7 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from llmaas.config.catalog import ModelSpec
-from llmaas.engine import Engine, EngineHealth, GenerationChunk, GenerationRequest, ModelInfo, default_engine_cls
+from llmaas.engine import (
+    Engine,
+    EngineHealth,
+    GenerationChunk,
+    GenerationRequest,
+    ModelInfo,
+    default_engine_cls,
+)
 from llmaas.models import resolve_model_path
 
 logger = logging.getLogger("ray.serve")
@@ -18,7 +25,9 @@ logger = logging.getLogger("ray.serve")
 class ModelReplica:
     """Loads the model (rank 0 plus TP peers), then serves generate / embed / info."""
 
-    async def __init__(self, spec: ModelSpec, cache_dir: str, *, engine_cls: type[Engine] | None = None) -> None:
+    async def __init__(  # type: ignore[misc]  # Serve awaits async constructors
+        self, spec: ModelSpec, cache_dir: str, *, engine_cls: type[Engine] | None = None
+    ) -> None:
         self.spec = spec
         path = await asyncio.to_thread(resolve_model_path, spec.source, Path(cache_dir))
         cls = engine_cls or default_engine_cls(spec)
@@ -54,4 +63,3 @@ class ModelReplica:
         health = self.engine.health()
         if not health.healthy:
             raise RuntimeError(f"model {self.spec.id} unhealthy: {health.detail}")
-

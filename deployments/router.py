@@ -5,18 +5,17 @@ error response or a stream. Handle callers (``llmaas.client``) reach the same se
 through ``call`` / ``stream``, with plain dicts crossing the handle.
 """
 
-
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
-from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmaas.config.catalog import Catalog
@@ -63,7 +62,9 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 async def _read_json(request: Request) -> Any:
     body = await request.body()
     if len(body) > MAX_BODY_BYTES:
-        raise OpenAIError(413, f"request body is {len(body)} bytes; the limit is {MAX_BODY_BYTES}", code="too_large")
+        raise OpenAIError(
+            413, f"request body is {len(body)} bytes; the limit is {MAX_BODY_BYTES}", code="too_large"
+        )
     if not body:
         raise bad_request("the request body is empty: send a JSON object", code="invalid_json")
     try:
@@ -74,7 +75,9 @@ async def _read_json(request: Request) -> Any:
 
 def _parse(model: type[BaseModel], data: Any) -> Any:
     if not isinstance(data, dict):
-        raise bad_request(f"the request body must be a JSON object, not {type(data).__name__}", code="invalid_json")
+        raise bad_request(
+            f"the request body must be a JSON object, not {type(data).__name__}", code="invalid_json"
+        )
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -153,7 +156,9 @@ class Router:
         async def work() -> Response:
             body = _parse(CompletionRequest, await _read_json(request))
             if body.stream:
-                return StreamingResponse(_sse(await self.service.completion_stream(body)), media_type="text/event-stream")
+                return StreamingResponse(
+                    _sse(await self.service.completion_stream(body)), media_type="text/event-stream"
+                )
             return JSONResponse(_dump(await self.service.completion(body)))
 
         return await self._respond(work)
@@ -163,7 +168,9 @@ class Router:
         async def work() -> Response:
             body = _parse(ChatCompletionRequest, await _read_json(request))
             if body.stream:
-                return StreamingResponse(_sse(await self.service.chat_stream(body)), media_type="text/event-stream")
+                return StreamingResponse(
+                    _sse(await self.service.chat_stream(body)), media_type="text/event-stream"
+                )
             return JSONResponse(_dump(await self.service.chat(body)))
 
         return await self._respond(work)
@@ -183,12 +190,18 @@ class Router:
             if route == "models":
                 return _dump(await self.service.list_models())
             if route == "completions":
-                return _dump(await self.service.completion(_parse(CompletionRequest, {**body, "stream": False})))
+                return _dump(
+                    await self.service.completion(_parse(CompletionRequest, {**body, "stream": False}))
+                )
             if route == "chat.completions":
-                return _dump(await self.service.chat(_parse(ChatCompletionRequest, {**body, "stream": False})))
+                return _dump(
+                    await self.service.chat(_parse(ChatCompletionRequest, {**body, "stream": False}))
+                )
             if route == "embeddings":
                 return _dump(await self.service.embeddings(_parse(EmbeddingRequest, body)))
-            raise bad_request(f"unknown route {route!r}: use completions, chat.completions, embeddings or models")
+            raise bad_request(
+                f"unknown route {route!r}: use completions, chat.completions, embeddings or models"
+            )
         except OpenAIError as exc:
             return {**exc.body(), "status": exc.status}
         except Exception as exc:
@@ -201,9 +214,13 @@ class Router:
         try:
             chunks: AsyncIterator[BaseModel]
             if route == "completions":
-                chunks = await self.service.completion_stream(_parse(CompletionRequest, {**body, "stream": True}))
+                chunks = await self.service.completion_stream(
+                    _parse(CompletionRequest, {**body, "stream": True})
+                )
             elif route == "chat.completions":
-                chunks = await self.service.chat_stream(_parse(ChatCompletionRequest, {**body, "stream": True}))
+                chunks = await self.service.chat_stream(
+                    _parse(ChatCompletionRequest, {**body, "stream": True})
+                )
             else:
                 raise bad_request(f"route {route!r} does not stream: use completions or chat.completions")
             async for chunk in chunks:

@@ -13,7 +13,7 @@ from llmaas.tokenization import TokenizerPool
 class Tokenizer:
     """CPU-only and stateless, so it scales on its own, apart from the model replicas."""
 
-    async def __init__(self, catalog: Catalog) -> None:
+    async def __init__(self, catalog: Catalog) -> None:  # type: ignore[misc]  # Serve awaits async constructors
         paths: dict[str, Path] = {}
         for spec in catalog.models:
             paths[spec.id] = await asyncio.to_thread(resolve_model_path, spec.source, catalog.cache_path)

@@ -44,8 +44,8 @@ class RayPeerGroup:
                 "has no placement group; deploy it through llmaas.deployments.build_app"
             )
         resources = spec.resources
-        actor = ray.remote(TPWorker)
-        self.workers = [
+        actor: Any = ray.remote(TPWorker)
+        self.workers: list[Any] = [
             actor.options(
                 name=None,
                 num_cpus=resources.num_cpus,

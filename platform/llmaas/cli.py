@@ -35,10 +35,32 @@ def _print_validation_error(path: str | None, exc: ValidationError) -> None:
         print(f"  - {loc}: {str(err['msg']).removeprefix('Value error, ')}", file=sys.stderr)
 
 
+class _Progress:
+    """A tqdm bar on a terminal; a log line per quarter otherwise (CI logs, files)."""
+
+    def __init__(self, label: str) -> None:
+        from tqdm import tqdm
+
+        self.label = label
+        self.interactive = sys.stderr.isatty()
+        self.bar: Any = tqdm(total=100, desc=f"  {label}", unit="%", disable=not self.interactive)
+        self.quarter = -1
+
+    def __call__(self, stage: str, fraction: float) -> None:
+        if self.interactive:
+            self.bar.set_postfix_str(stage)
+            self.bar.n = int(fraction * 100)
+            self.bar.refresh()
+        elif int(fraction * 4) != self.quarter:
+            self.quarter = int(fraction * 4)
+            print(f"  {self.label}: {fraction:4.0%} {stage}", flush=True)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 def prepare(catalog: Catalog) -> dict[str, Path]:
     """Resolve every model's directory, building demo models with a progress bar."""
-    from tqdm import tqdm
-
     from llmaas.models import is_prepared, resolve_model_path
 
     paths: dict[str, Path] = {}
@@ -47,15 +69,9 @@ def prepare(catalog: Catalog) -> dict[str, Path]:
             paths[spec.id] = resolve_model_path(spec.source, catalog.cache_path)
             print(f"  {spec.id}: {paths[spec.id]}")
             continue
-        bar = tqdm(total=100, desc=f"  building {spec.id}", unit="%", leave=True)
-
-        def progress(stage: str, fraction: float, bar: Any = bar) -> None:
-            bar.set_postfix_str(stage)
-            bar.n = int(fraction * 100)
-            bar.refresh()
-
+        progress = _Progress(f"building {spec.id}")
         paths[spec.id] = resolve_model_path(spec.source, catalog.cache_path, progress)
-        bar.close()
+        progress.close()
         print(f"  {spec.id}: {paths[spec.id]}")
     return paths
 
@@ -108,8 +124,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     serve.run(build_from_catalog(catalog), name=catalog.app_name, route_prefix="/", blocking=False)
     _wait_running(catalog.app_name, timeout_s=args.start_timeout)
     url = f"http://{args.host}:{args.port}"
-    print(f"llmaas: serving {', '.join(m.id for m in catalog.models)} on {url} "
-          f"(ready in {time.perf_counter() - started:.0f}s)")
+    print(
+        f"llmaas: serving {', '.join(m.id for m in catalog.models)} on {url} "
+        f"(ready in {time.perf_counter() - started:.0f}s)"
+    )
     print(f"  curl {url}/v1/models")
     print(f"  OpenAI(base_url='{url}/v1', api_key='none')")
     print("  Ctrl-C stops it.")
@@ -168,7 +186,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         print("error: the catalog cannot be deployed:\n  - " + "\n  - ".join(problems), file=sys.stderr)
         return 2
     for spec in catalog.models:
-        print(f"ok  {spec.id:<32} {spec.task.value:<9} tp={spec.tensor_parallel_size} {spec.source.describe()}")
+        print(
+            f"ok  {spec.id:<32} {spec.task.value:<9} tp={spec.tensor_parallel_size} {spec.source.describe()}"
+        )
     return 0
 
 

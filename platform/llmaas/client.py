@@ -35,7 +35,7 @@ R = TypeVar("R", bound=BaseModel)
 class LLMError(RuntimeError):
     """An error answered by the platform, in OpenAI's terms."""
 
-    def __init__(self, status: int, message: str, type: str, param: str | None, code: str | None) -> None:  # noqa: A002
+    def __init__(self, status: int, message: str, type: str, param: str | None, code: str | None) -> None:
         super().__init__(f"{status} {type}: {message}")
         self.status = status
         self.message = message
@@ -47,7 +47,9 @@ class LLMError(RuntimeError):
 def _check(body: dict[str, Any]) -> dict[str, Any]:
     if "error" in body:
         err = body["error"]
-        raise LLMError(int(body.get("status", 500)), err["message"], err["type"], err.get("param"), err.get("code"))
+        raise LLMError(
+            int(body.get("status", 500)), err["message"], err["type"], err.get("param"), err.get("code")
+        )
     return body
 
 
@@ -84,16 +86,24 @@ class LLMClient:
         return self._call("completions", {"model": model, "prompt": prompt, **params}, CompletionResponse)
 
     def chat(self, model: str, messages: list[dict[str, Any]], **params: Any) -> ChatCompletionResponse:
-        return self._call("chat.completions", {"model": model, "messages": messages, **params}, ChatCompletionResponse)
+        return self._call(
+            "chat.completions", {"model": model, "messages": messages, **params}, ChatCompletionResponse
+        )
 
-    def embed(self, model: str, input: str | list[str], **params: Any) -> EmbeddingResponse:  # noqa: A002
+    def embed(self, model: str, input: str | list[str], **params: Any) -> EmbeddingResponse:
         return self._call("embeddings", {"model": model, "input": input, **params}, EmbeddingResponse)
 
-    def stream_complete(self, model: str, prompt: str | list[int], **params: Any) -> Iterator[CompletionResponse]:
+    def stream_complete(
+        self, model: str, prompt: str | list[int], **params: Any
+    ) -> Iterator[CompletionResponse]:
         return self._iter("completions", {"model": model, "prompt": prompt, **params}, CompletionResponse)
 
-    def stream_chat(self, model: str, messages: list[dict[str, Any]], **params: Any) -> Iterator[ChatCompletionChunk]:
-        return self._iter("chat.completions", {"model": model, "messages": messages, **params}, ChatCompletionChunk)
+    def stream_chat(
+        self, model: str, messages: list[dict[str, Any]], **params: Any
+    ) -> Iterator[ChatCompletionChunk]:
+        return self._iter(
+            "chat.completions", {"model": model, "messages": messages, **params}, ChatCompletionChunk
+        )
 
     # ---- async -------------------------------------------------------------------------------
     async def _acall(self, route: str, body: dict[str, Any], cls: type[R]) -> R:
@@ -109,13 +119,17 @@ class LLMClient:
         return await self._acall("models", {}, ModelList)
 
     async def acomplete(self, model: str, prompt: str | list[int], **params: Any) -> CompletionResponse:
-        return await self._acall("completions", {"model": model, "prompt": prompt, **params}, CompletionResponse)
+        return await self._acall(
+            "completions", {"model": model, "prompt": prompt, **params}, CompletionResponse
+        )
 
-    async def achat(self, model: str, messages: list[dict[str, Any]], **params: Any) -> ChatCompletionResponse:
+    async def achat(
+        self, model: str, messages: list[dict[str, Any]], **params: Any
+    ) -> ChatCompletionResponse:
         body = {"model": model, "messages": messages, **params}
         return await self._acall("chat.completions", body, ChatCompletionResponse)
 
-    async def aembed(self, model: str, input: str | list[str], **params: Any) -> EmbeddingResponse:  # noqa: A002
+    async def aembed(self, model: str, input: str | list[str], **params: Any) -> EmbeddingResponse:
         return await self._acall("embeddings", {"model": model, "input": input, **params}, EmbeddingResponse)
 
     def astream_complete(

@@ -51,7 +51,9 @@ class TokenizerPool:
                 messages, tokenize=False, add_generation_prompt=add_generation_prompt
             )
         except Exception as exc:  # jinja raises for conversations the template refuses
-            raise bad_request(f"the model's chat template refused these messages: {exc}", param="messages") from exc
+            raise bad_request(
+                f"the model's chat template refused these messages: {exc}", param="messages"
+            ) from exc
         # NOTE: the template already writes any BOS it wants; adding special tokens would double it.
         return list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
 

@@ -6,6 +6,7 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -57,7 +58,7 @@ def ray_cluster() -> Iterator[dict[str, str]]:
     import ray
 
     dashboard_port = _free_port()
-    context = ray.init(
+    context: Any = ray.init(
         num_cpus=8,
         include_dashboard=True,
         dashboard_port=dashboard_port,
@@ -71,7 +72,9 @@ def ray_cluster() -> Iterator[dict[str, str]]:
 
 
 @pytest.fixture(scope="session")
-def base_url(ray_cluster: dict[str, str], catalog: Catalog, chat_model_path: Path, gpt2_model_path: Path) -> str:
+def base_url(
+    ray_cluster: dict[str, str], catalog: Catalog, chat_model_path: Path, gpt2_model_path: Path
+) -> str:
     from ray import serve
 
     from llmaas.deployments import build_from_catalog

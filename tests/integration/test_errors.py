@@ -12,17 +12,19 @@ def _error(response, status: int, param: str | None = None) -> dict:
     error = body["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert error["message"]
-    if param is not None:
-        assert error["param"] == param, error
+    if param is not None:  # "(none)": an error about the whole request names no field
+        assert error["param"] == (None if param == "(none)" else param), error
     return error
 
 
-@pytest.mark.parametrize(
-    "path", ["/v1/completions", "/v1/chat/completions", "/v1/embeddings"]
-)
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions", "/v1/embeddings"])
 def test_unknown_model_is_404_listing_served_models(http, path):
-    payload = {"model": "no-such-model"}
-    payload.update({"/v1/completions": {"prompt": "x"}, "/v1/chat/completions": {"messages": [{"role": "user", "content": "x"}]}, "/v1/embeddings": {"input": "x"}}[path])
+    extra: dict[str, dict[str, object]] = {
+        "/v1/completions": {"prompt": "x"},
+        "/v1/chat/completions": {"messages": [{"role": "user", "content": "x"}]},
+        "/v1/embeddings": {"input": "x"},
+    }
+    payload = {"model": "no-such-model", **extra[path]}
     error = _error(http.post(path, json=payload), 404, "model")
     assert error["code"] == "model_not_found"
     assert "no-such-model" in error["message"]
@@ -53,7 +55,7 @@ def test_unknown_model_is_404_listing_served_models(http, path):
         ({"prompt": []}, "prompt"),
         ({"prompt": ["a", "b"]}, "prompt"),
         ({"echo": True}, "echo"),
-        ({"stream_options": {"include_usage": True}}, "body"),
+        ({"stream_options": {"include_usage": True}}, "(none)"),
     ],
 )
 def test_invalid_completion_parameters_are_400_naming_the_field(http, body, param):
@@ -69,10 +71,13 @@ def test_invalid_completion_parameters_are_400_naming_the_field(http, body, para
         ({"messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
         ({"messages": [{"content": "x"}]}, "messages[0].role"),
         ({"messages": "hello"}, "messages"),
-        ({"max_tokens": 5, "max_completion_tokens": 5}, "body"),
+        ({"max_tokens": 5, "max_completion_tokens": 5}, "(none)"),
         ({"tools": [{"type": "function"}]}, "tools"),
         ({"response_format": {"type": "json_object"}}, "response_format"),
-        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, None),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+            None,
+        ),
     ],
 )
 def test_invalid_chat_parameters_are_400(http, body, param):
@@ -85,26 +90,42 @@ def test_invalid_chat_parameters_are_400(http, body, param):
 def test_missing_model_and_bad_json(http):
     error = _error(http.post("/v1/completions", json={"prompt": "hi"}), 400, "model")
     assert "model" in error["message"]
-    error = _error(http.post("/v1/completions", content=b"{not json", headers={"content-type": "application/json"}), 400)
+    error = _error(
+        http.post("/v1/completions", content=b"{not json", headers={"content-type": "application/json"}), 400
+    )
     assert error["code"] == "invalid_json"
-    _error(http.post("/v1/completions", content=b"\xff\xfe\xfa", headers={"content-type": "application/json"}), 400)
+    _error(
+        http.post("/v1/completions", content=b"\xff\xfe\xfa", headers={"content-type": "application/json"}),
+        400,
+    )
     _error(http.post("/v1/completions", json=[1, 2]), 400)
     _error(http.post("/v1/completions", content=b""), 400)
 
 
 def test_prompt_longer_than_context_is_400_with_both_lengths(http):
     prompt = "one two three four " * 60  # far more than the test model's 128-token context
-    error = _error(http.post("/v1/completions", json={"model": "tiny-llama", "prompt": prompt}), 400, "prompt")
+    error = _error(
+        http.post("/v1/completions", json={"model": "tiny-llama", "prompt": prompt}), 400, "prompt"
+    )
     assert error["code"] == "context_length_exceeded"
     assert "128" in error["message"]
     prompt_tokens = int(error["message"].split("is ")[-1].split(" tokens")[0])
     assert prompt_tokens > 128
-    chat = http.post("/v1/chat/completions", json={"model": "tiny-llama", "messages": [{"role": "user", "content": prompt}]})
+    chat = http.post(
+        "/v1/chat/completions",
+        json={"model": "tiny-llama", "messages": [{"role": "user", "content": prompt}]},
+    )
     assert _error(chat, 400, "messages")["code"] == "context_length_exceeded"
 
 
 def test_prompt_plus_max_tokens_over_context_is_400(http):
-    error = _error(http.post("/v1/completions", json={"model": "tiny-llama", "prompt": "hello there", "max_tokens": 500}), 400, "max_tokens")
+    error = _error(
+        http.post(
+            "/v1/completions", json={"model": "tiny-llama", "prompt": "hello there", "max_tokens": 500}
+        ),
+        400,
+        "max_tokens",
+    )
     assert "128" in error["message"] and "500" in error["message"]
 
 
@@ -117,7 +138,13 @@ def test_wrong_task_is_400(http):
     assert error["code"] == "wrong_task" and "minilm" in error["message"]
     error = _error(http.post("/v1/completions", json={"model": "minilm", "prompt": "x"}), 400, "model")
     assert error["code"] == "wrong_task"
-    _error(http.post("/v1/chat/completions", json={"model": "minilm", "messages": [{"role": "user", "content": "x"}]}), 400, "model")
+    _error(
+        http.post(
+            "/v1/chat/completions", json={"model": "minilm", "messages": [{"role": "user", "content": "x"}]}
+        ),
+        400,
+        "model",
+    )
 
 
 @pytest.mark.parametrize(
@@ -146,4 +173,6 @@ def test_health_and_readiness(http):
     assert http.get("/health").json() == {"status": "ok"}
     ready = http.get("/ready")
     assert ready.status_code == 200
-    assert ready.json()["models"] == {m: "ready" for m in ("tiny-llama", "tiny-llama-tp2", "tiny-gpt2", "minilm")}
+    assert ready.json()["models"] == {
+        m: "ready" for m in ("tiny-llama", "tiny-llama-tp2", "tiny-gpt2", "minilm")
+    }

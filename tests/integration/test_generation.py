@@ -46,11 +46,17 @@ def test_greedy_completion_equals_model_generate(http, reference, prompt):
     prompt_ids = tokenizer.encode(prompt)
     expected = _generate(reference, prompt_ids, 24, ignore_eos=True)
     body = _complete(http, model="tiny-llama", prompt=prompt, max_tokens=24, temperature=0, ignore_eos=True)
-    assert body["usage"] == {"prompt_tokens": len(prompt_ids), "completion_tokens": 24, "total_tokens": len(prompt_ids) + 24}
+    assert body["usage"] == {
+        "prompt_tokens": len(prompt_ids),
+        "completion_tokens": 24,
+        "total_tokens": len(prompt_ids) + 24,
+    }
     assert body["choices"][0]["text"] == tokenizer.decode(expected, skip_special_tokens=True)
     assert body["choices"][0]["finish_reason"] == "length"
     # token for token: the same ids sent as a token prompt give the same text
-    again = _complete(http, model="tiny-llama", prompt=prompt_ids, max_tokens=24, temperature=0, ignore_eos=True)
+    again = _complete(
+        http, model="tiny-llama", prompt=prompt_ids, max_tokens=24, temperature=0, ignore_eos=True
+    )
     assert again["choices"][0]["text"] == body["choices"][0]["text"]
 
 
@@ -60,10 +66,15 @@ def test_greedy_chat_equals_model_generate_and_stops_at_eos(http, reference):
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     prompt_ids = tokenizer.encode(text, add_special_tokens=False)
     expected = _generate(reference, prompt_ids, 60)
-    response = http.post("/v1/chat/completions", json={"model": "tiny-llama", "messages": messages, "max_tokens": 60})
+    response = http.post(
+        "/v1/chat/completions", json={"model": "tiny-llama", "messages": messages, "max_tokens": 60}
+    )
     assert response.status_code == 200, response.text
     body = response.json()
-    assert body["choices"][0]["message"] == {"role": "assistant", "content": tokenizer.decode(expected, skip_special_tokens=True)}
+    assert body["choices"][0]["message"] == {
+        "role": "assistant",
+        "content": tokenizer.decode(expected, skip_special_tokens=True),
+    }
     assert body["choices"][0]["finish_reason"] == "stop"  # the model emitted its end-of-turn token
     assert body["usage"]["prompt_tokens"] == len(prompt_ids)
     assert body["usage"]["completion_tokens"] == len(expected)
@@ -73,7 +84,9 @@ def test_greedy_chat_equals_model_generate_and_stops_at_eos(http, reference):
 @pytest.mark.parametrize("prompt", PROMPTS)
 def test_tp2_replica_matches_tp1(http, prompt):
     one = _complete(http, model="tiny-llama", prompt=prompt, max_tokens=32, temperature=0, ignore_eos=True)
-    two = _complete(http, model="tiny-llama-tp2", prompt=prompt, max_tokens=32, temperature=0, ignore_eos=True)
+    two = _complete(
+        http, model="tiny-llama-tp2", prompt=prompt, max_tokens=32, temperature=0, ignore_eos=True
+    )
     assert two["choices"][0]["text"] == one["choices"][0]["text"]
     assert two["usage"] == one["usage"]
 
@@ -85,7 +98,14 @@ def test_gpt2_architecture_generates(http):
 
 def test_stop_string_across_token_boundaries(http, reference):
     tokenizer, _ = reference
-    full = _complete(http, model="tiny-llama", prompt="The capital of France is", max_tokens=24, temperature=0, ignore_eos=True)
+    full = _complete(
+        http,
+        model="tiny-llama",
+        prompt="The capital of France is",
+        max_tokens=24,
+        temperature=0,
+        ignore_eos=True,
+    )
     text = full["choices"][0]["text"]
     # pick a stop string that starts inside one token and ends inside another
     ids = _generate(reference, tokenizer.encode("The capital of France is"), 24, ignore_eos=True)
@@ -93,19 +113,43 @@ def test_stop_string_across_token_boundaries(http, reference):
     boundary = next(len(p) for p in pieces if len(p) > 6)
     stop = text[boundary - 3 : boundary + 3]
     assert len(stop) == 6
-    cut = _complete(http, model="tiny-llama", prompt="The capital of France is", max_tokens=24, temperature=0, stop=[stop, "zzz"])
+    cut = _complete(
+        http,
+        model="tiny-llama",
+        prompt="The capital of France is",
+        max_tokens=24,
+        temperature=0,
+        stop=[stop, "zzz"],
+    )
     assert cut["choices"][0]["text"] == text[: text.index(stop)]
     assert cut["choices"][0]["finish_reason"] == "stop"
     streamed = "".join(
         c["choices"][0]["text"]
-        for c in _sse(http, "/v1/completions", {"model": "tiny-llama", "prompt": "The capital of France is", "max_tokens": 24, "temperature": 0, "stop": stop})
+        for c in _sse(
+            http,
+            "/v1/completions",
+            {
+                "model": "tiny-llama",
+                "prompt": "The capital of France is",
+                "max_tokens": 24,
+                "temperature": 0,
+                "stop": stop,
+            },
+        )
         if c["choices"]
     )
     assert streamed == cut["choices"][0]["text"]
 
 
 def test_seed_gives_same_output_and_n_gives_distinct_choices(http):
-    body = {"model": "tiny-gpt2", "prompt": "Hello", "max_tokens": 12, "temperature": 1.0, "seed": 1234, "ignore_eos": True}
+    body = {
+        "model": "tiny-gpt2",
+        "prompt": "Hello",
+        "max_tokens": 12,
+        "temperature": 1.0,
+        "seed": 1234,
+        "ignore_eos": True,
+    }
     first, second = _complete(http, **body), _complete(http, **body)
     assert first["choices"][0]["text"] == second["choices"][0]["text"]
     other = _complete(http, **{**body, "seed": 99})
@@ -119,7 +163,9 @@ def test_seed_gives_same_output_and_n_gives_distinct_choices(http):
 
 def test_top_k_one_is_greedy(http):
     greedy = _complete(http, model="tiny-gpt2", prompt="Hi", max_tokens=10, temperature=0, ignore_eos=True)
-    top1 = _complete(http, model="tiny-gpt2", prompt="Hi", max_tokens=10, temperature=1.5, top_k=1, seed=5, ignore_eos=True)
+    top1 = _complete(
+        http, model="tiny-gpt2", prompt="Hi", max_tokens=10, temperature=1.5, top_k=1, seed=5, ignore_eos=True
+    )
     assert top1["choices"][0]["text"] == greedy["choices"][0]["text"]
 
 
@@ -140,15 +186,24 @@ def test_streaming_chat_sse_shape_and_usage(http):
     events = _sse(
         http,
         "/v1/chat/completions",
-        {"model": "tiny-llama", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 40,
-         "stream_options": {"include_usage": True}},
+        {
+            "model": "tiny-llama",
+            "messages": [{"role": "user", "content": "Hello"}],
+            "max_tokens": 40,
+            "stream_options": {"include_usage": True},
+        },
     )
     assert events[0]["choices"][0]["delta"]["role"] == "assistant"
     text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"])
-    finals = [e["choices"][0]["finish_reason"] for e in events if e["choices"] and e["choices"][0]["finish_reason"]]
+    finals = [
+        e["choices"][0]["finish_reason"] for e in events if e["choices"] and e["choices"][0]["finish_reason"]
+    ]
     assert finals == ["stop"]
     assert events[-1]["choices"] == [] and events[-1]["usage"]["completion_tokens"] > 0
-    unary = http.post("/v1/chat/completions", json={"model": "tiny-llama", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 40}).json()
+    unary = http.post(
+        "/v1/chat/completions",
+        json={"model": "tiny-llama", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 40},
+    ).json()
     assert text == unary["choices"][0]["message"]["content"]
     assert events[-1]["usage"] == unary["usage"]
 
@@ -161,7 +216,16 @@ def test_concurrent_requests_share_a_batch(http, base_url):
 
     def one(i: int) -> dict:
         with httpx.Client(base_url=base_url, timeout=120) as client:
-            return client.post("/v1/completions", json={"model": "tiny-llama", "prompt": PROMPTS[i % 4], "max_tokens": 48, "temperature": 0, "ignore_eos": True}).json()
+            return client.post(
+                "/v1/completions",
+                json={
+                    "model": "tiny-llama",
+                    "prompt": PROMPTS[i % 4],
+                    "max_tokens": 48,
+                    "temperature": 0,
+                    "ignore_eos": True,
+                },
+            ).json()
 
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(one, range(8)))
@@ -169,6 +233,34 @@ def test_concurrent_requests_share_a_batch(http, base_url):
     assert all(r["usage"]["completion_tokens"] == 48 for r in results)
     assert after.peak_batch >= 2, "concurrent requests were served one at a time"
     # same prompt, same greedy text, whether batched with others or not
-    solo = _complete(http, model="tiny-llama", prompt=PROMPTS[1], max_tokens=48, temperature=0, ignore_eos=True)
+    solo = _complete(
+        http, model="tiny-llama", prompt=PROMPTS[1], max_tokens=48, temperature=0, ignore_eos=True
+    )
     assert results[1]["choices"][0]["text"] == solo["choices"][0]["text"]
     assert after.steps > before.steps
+
+
+def test_client_disconnect_cancels_the_sequence(base_url):
+    import time
+
+    from ray import serve
+
+    replica = serve.get_deployment_handle("model-tiny-gpt2", app_name="llmaas")
+    before = replica.health.remote().result()
+    body = {"model": "tiny-gpt2", "prompt": "Hi", "max_tokens": 500, "ignore_eos": True, "stream": True}
+    with (
+        httpx.Client(base_url=base_url, timeout=60) as client,
+        client.stream("POST", "/v1/completions", json=body) as response,
+    ):
+        for i, _ in enumerate(response.iter_lines()):
+            if i >= 4:
+                break  # leave mid-stream: the connection closes here
+    deadline = time.monotonic() + 10
+    health = replica.health.remote().result()
+    while health.running and time.monotonic() < deadline:
+        time.sleep(0.05)
+        health = replica.health.remote().result()
+    assert health.running == 0
+    time.sleep(0.5)
+    after = replica.health.remote().result()
+    assert after.steps - before.steps < 400, "the sequence kept decoding after its client left"

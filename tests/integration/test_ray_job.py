@@ -17,9 +17,15 @@ JOB = Path(__file__).with_name("job_script.py")
 def test_handle_client_sync_async_streaming(base_url):
     client = LLMClient("llmaas")
     assert {m.id for m in client.models().data} >= {"tiny-llama", "minilm"}
-    reply = client.chat("tiny-llama", [{"role": "user", "content": "What is the capital of France?"}], max_tokens=20)
+    reply = client.chat(
+        "tiny-llama", [{"role": "user", "content": "What is the capital of France?"}], max_tokens=20
+    )
     assert "Paris" in reply.choices[0].message.content
-    text = "".join(c.choices[0].delta.content or "" for c in client.stream_chat("tiny-llama", [{"role": "user", "content": "Hello"}]) if c.choices)
+    text = "".join(
+        c.choices[0].delta.content or ""
+        for c in client.stream_chat("tiny-llama", [{"role": "user", "content": "Hello"}])
+        if c.choices
+    )
     assert text.startswith("Hello")
     done = client.complete("tiny-llama", "The capital of France is", max_tokens=4, temperature=0)
     assert done.usage is not None and done.usage.completion_tokens <= 4
@@ -30,7 +36,11 @@ def test_handle_client_sync_async_streaming(base_url):
 
     async def run_async() -> tuple[str, str]:
         chat = await client.achat("tiny-llama", [{"role": "user", "content": "Hello"}], max_tokens=8)
-        pieces = [c.choices[0].text async for c in client.astream_complete("tiny-llama", "One, two,", max_tokens=6, temperature=0) if c.choices]
+        pieces = [
+            c.choices[0].text
+            async for c in client.astream_complete("tiny-llama", "One, two,", max_tokens=6, temperature=0)
+            if c.choices
+        ]
         return chat.choices[0].message.content, "".join(pieces)
 
     chat_text, streamed = asyncio.run(run_async())
@@ -45,7 +55,10 @@ def test_ray_job_calls_models_through_handles(base_url, ray_cluster):
     job_id = jobs.submit_job(entrypoint=f"{sys.executable} {JOB}")
     deadline = time.monotonic() + 300
     status = jobs.get_job_status(job_id)
-    while status not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED} and time.monotonic() < deadline:
+    while (
+        status not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
+        and time.monotonic() < deadline
+    ):
         time.sleep(1)
         status = jobs.get_job_status(job_id)
     logs = jobs.get_job_logs(job_id)

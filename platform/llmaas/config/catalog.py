@@ -186,7 +186,7 @@ class ModelSpec(BaseConfig):
     @field_validator("id")
     @classmethod
     def _id_shape(cls, value: str) -> str:
-        if not MODEL_ID_PATTERN.match(value):
+        if not MODEL_ID_PATTERN.fullmatch(value):
             raise ValueError(
                 f"model id {value!r} is not allowed: use 1-128 letters, digits and . _ : / -, "
                 "starting with a letter or digit"
@@ -224,7 +224,8 @@ class ModelSpec(BaseConfig):
             )
         if self.kernel_inject and not self.resources.uses_gpu:
             raise ValueError(
-                f"model {self.id!r}: kernel_inject needs a GPU (resources.num_gpus > 0); set it to false on CPU"
+                f"model {self.id!r}: kernel_inject needs a GPU (resources.num_gpus > 0); "
+                "set it to false on CPU"
             )
         if self.resources.num_gpus > 0 and self.tensor_parallel_size > 1 and self.resources.num_gpus < 1:
             raise ValueError(
@@ -273,7 +274,7 @@ class Catalog(BaseConfig):
     @field_validator("app_name")
     @classmethod
     def _app_name(cls, value: str) -> str:
-        if not re.match(r"^[A-Za-z0-9_-]{1,64}$", value):
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", value):
             raise ValueError(f"app_name {value!r}: use 1-64 letters, digits, '_' or '-'")
         return value
 
@@ -304,5 +305,5 @@ class Catalog(BaseConfig):
 
 
 def deployment_name(model_id: str) -> str:
-    """The Serve deployment name of a model: ``model:`` + the id with separators flattened."""
+    """The Serve deployment name of a model: ``model-`` + the id with separators flattened."""
     return "model-" + re.sub(r"[^A-Za-z0-9_-]", "_", model_id)

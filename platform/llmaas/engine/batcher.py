@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -104,7 +105,9 @@ class BatchScheduler:
             request=request,
             loop=asyncio.get_running_loop(),
             detok=IncrementalDetokenizer(self.decoder, params.stop),
-            max_new_tokens=max(0, min(params.max_tokens, self.max_context_length - len(request.prompt_token_ids))),
+            max_new_tokens=max(
+                0, min(params.max_tokens, self.max_context_length - len(request.prompt_token_ids))
+            ),
             generator=make_generator(params),
         )
         self._waiting.put(seq)
@@ -188,7 +191,9 @@ class BatchScheduler:
         last_pos = positions[:, -1]
         while True:
             next_ids = sample(logits, [s.request.sampling for s in rows], [s.generator for s in rows])
-            keep = [i for i, (seq, tok) in enumerate(zip(rows, next_ids, strict=True)) if self._advance(seq, tok)]
+            keep = [
+                i for i, (seq, tok) in enumerate(zip(rows, next_ids, strict=True)) if self._advance(seq, tok)
+            ]
             if not keep:
                 return
             if len(keep) < len(rows):
@@ -228,12 +233,12 @@ class BatchScheduler:
         seq.emit(self._chunk(seq, text=text, token_ids=[token_id]))
         return True
 
-    def _chunk(self, seq: Sequence, **fields: object) -> GenerationChunk:
+    def _chunk(self, seq: Sequence, **fields: Any) -> GenerationChunk:
         return GenerationChunk(
             request_id=seq.request.request_id,
             num_prompt_tokens=seq.prompt_len,
             num_generated_tokens=len(seq.generated),
-            **fields,  # type: ignore[arg-type]
+            **fields,
         )
 
     def _finish(
@@ -247,5 +252,3 @@ class BatchScheduler:
     ) -> None:
         seq.done = True
         seq.emit(self._chunk(seq, text=text, token_ids=token_ids or [], finish_reason=reason, error=error))
-
-

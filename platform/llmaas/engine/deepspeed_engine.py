@@ -52,7 +52,7 @@ class DeepSpeedEngine(Engine):
     def _load(self) -> None:
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        tokenizer: Any = AutoTokenizer.from_pretrained(self.model_path)
         self.runner.load()
         config = self.runner.model_config
         limit = model_context_length(config)

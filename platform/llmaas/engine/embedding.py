@@ -103,7 +103,9 @@ class EmbeddingEngine(Engine):
                 for row, tokens in enumerate(chunk):
                     ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
                     mask[row, : len(tokens)] = 1
-                hidden = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+                hidden = self.model(
+                    input_ids=ids.to(device), attention_mask=mask.to(device)
+                ).last_hidden_state
                 out.extend(pool(hidden, mask.to(device), self._mode).cpu().tolist())
         return out
 

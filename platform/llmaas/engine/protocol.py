@@ -37,7 +37,9 @@ class Engine(ABC):
 
     async def embed(self, inputs: list[list[int]]) -> list[list[float]]:
         """One normalised vector per tokenized input."""
-        raise UnsupportedTask(f"model {self.spec.id!r} does not make embeddings (task: {self.spec.task.value})")
+        raise UnsupportedTask(
+            f"model {self.spec.id!r} does not make embeddings (task: {self.spec.task.value})"
+        )
 
     @abstractmethod
     def health(self) -> EngineHealth:

@@ -42,7 +42,14 @@ class DemoRecipe:
 
 RECIPES: dict[str, DemoRecipe] = {
     "tiny-llama-chat": DemoRecipe(
-        "tiny-llama-chat", "llama", hidden_size=128, layers=4, heads=4, kv_heads=2, context=512, train_steps=400
+        "tiny-llama-chat",
+        "llama",
+        hidden_size=128,
+        layers=4,
+        heads=4,
+        kv_heads=2,
+        context=512,
+        train_steps=400,
     ),
     "tiny-gpt2": DemoRecipe(
         "tiny-gpt2", "gpt2", hidden_size=128, layers=2, heads=4, kv_heads=4, context=512, train_steps=0
@@ -182,7 +189,9 @@ def build_demo(name: str, target: Path, progress: Progress = _quiet_progress) ->
         train(model, tokenizer, recipe.train_steps, recipe.seed, progress)
         torch.set_num_threads(threads)
     model.generation_config = GenerationConfig(
-        eos_token_id=config.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id
+        eos_token_id=config.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
     )
     tmp = target.with_name(target.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -17,7 +17,7 @@ class OpenAIError(Exception):
         status: int,
         message: str,
         *,
-        type: str = "invalid_request_error",  # noqa: A002 - OpenAI's field name
+        type: str = "invalid_request_error",
         param: str | None = None,
         code: str | None = None,
         headers: dict[str, str] | None = None,
@@ -76,21 +76,22 @@ def _loc_to_param(loc: tuple[Any, ...]) -> str:
             continue
         else:
             parts.append(("." if parts else "") + str(item))
-    return "".join(parts) or "body"
+    return "".join(parts)
 
 
 def from_validation_error(exc: ValidationError) -> OpenAIError:
     """A 400 naming the first bad field, with pydantic's reason."""
     errors = exc.errors(include_url=False)
-    first = errors[0]
-    param = _loc_to_param(tuple(first.get("loc", ())))
+    # NOTE: a union field (str | list[...]) fails once per branch; our own value errors say more.
+    first = next((e for e in errors if e.get("type") == "value_error"), errors[0])
+    param = _loc_to_param(tuple(first.get("loc", ()))) or None
     if first.get("type") == "extra_forbidden":
         message = f"Unrecognized request argument supplied: {param}"
     elif first.get("type") == "missing":
         message = f"Missing required parameter: '{param}'."
     else:
         reason = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
-        message = f"Invalid value for '{param}': {reason}"
+        message = f"Invalid value for '{param}': {reason}" if param else f"Invalid request: {reason}"
     if len(errors) > 1:
         message += f" ({len(errors) - 1} more problem{'s' if len(errors) > 2 else ''} in this request)"
     return OpenAIError(400, message, param=param, code="invalid_value")

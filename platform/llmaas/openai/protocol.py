@@ -110,7 +110,9 @@ class _SamplingFields(_Strict):
     def requested_max_tokens(self) -> int | None:
         return self.max_tokens
 
-    def to_sampling_params(self, defaults: SamplingDefaults, max_tokens: int, choice: int = 0) -> SamplingParams:
+    def to_sampling_params(
+        self, defaults: SamplingDefaults, max_tokens: int, choice: int = 0
+    ) -> SamplingParams:
         """Sampling for choice ``choice``; with a seed, choice i uses seed + i so that choices differ."""
         seed = None if self.seed is None else (self.seed + choice) % (2**63)
         return SamplingParams(
@@ -140,7 +142,8 @@ class CompletionRequest(_SamplingFields):
                 raise ValueError("prompt is an empty list: give a string or a list of strings")
             if len(value) > 1 and not all(isinstance(v, int) for v in value):
                 raise ValueError(
-                    "batched prompts are not supported: send one prompt per request (use n for several choices)"
+                    "batched prompts are not supported: send one prompt per request "
+                    "(use n for several choices)"
                 )
             if isinstance(value[0], list) and not value[0]:
                 raise ValueError("prompt holds an empty token list")

@@ -11,7 +11,7 @@ import base64
 import contextlib
 import struct
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
@@ -115,7 +115,12 @@ class OpenAIService:
             self._info[model_id] = info
         return info
 
+    async def _try_info(self, model_id: str) -> None:
+        with contextlib.suppress(Exception):  # a model still loading is listed without its limits
+            self._info[model_id] = await asyncio.wait_for(self.models[model_id].info(), timeout=2)
+
     async def list_models(self) -> ModelList:
+        await asyncio.gather(*(self._try_info(m) for m in self.models if m not in self._info))
         cards = []
         for spec in self.catalog.models:
             info = self._info.get(spec.id)
@@ -146,7 +151,11 @@ class OpenAIService:
 
     # ---- generation ----------------------------------------------------------------------------
     async def _prepare(
-        self, request: CompletionRequest | ChatCompletionRequest, prompt_ids: list[int], spec: ModelSpec, param: str
+        self,
+        request: CompletionRequest | ChatCompletionRequest,
+        prompt_ids: list[int],
+        spec: ModelSpec,
+        param: str,
     ) -> _Prepared:
         info = await self.model_info(spec.id)
         limit = info.max_context_length
@@ -165,10 +174,12 @@ class OpenAIService:
         if asked is not None and len(prompt_ids) + asked > limit:
             raise bad_request(
                 f"This model's maximum context length is {limit} tokens. However, you requested "
-                f"{len(prompt_ids) + asked} tokens ({len(prompt_ids)} in the {param}, {asked} in the completion). "
+                f"{len(prompt_ids) + asked} tokens ({len(prompt_ids)} in the {param}, "
+                f"{asked} in the completion). "
                 "Reduce the length of the prompt or max_tokens.",
-                param="max_completion_tokens" if isinstance(request, ChatCompletionRequest)
-                and request.max_completion_tokens is not None else "max_tokens",
+                param="max_completion_tokens"
+                if isinstance(request, ChatCompletionRequest) and request.max_completion_tokens is not None
+                else "max_tokens",
                 code="context_length_exceeded",
             )
         max_tokens = asked if asked is not None else min(spec.sampling.max_tokens, limit - len(prompt_ids))
@@ -249,7 +260,9 @@ class OpenAIService:
 
     def _usage(self, prepared: _Prepared, completion_tokens: int) -> Usage:
         prompt = len(prepared.prompt_ids)
-        return Usage(prompt_tokens=prompt, completion_tokens=completion_tokens, total_tokens=prompt + completion_tokens)
+        return Usage(
+            prompt_tokens=prompt, completion_tokens=completion_tokens, total_tokens=prompt + completion_tokens
+        )
 
     async def _with_timeout(self, awaitable: Awaitable[T]) -> T:
         try:
@@ -286,7 +299,9 @@ class OpenAIService:
             created=now(),
             model=spec.id,
             choices=[
-                ChatChoice(index=i, message=AssistantMessage(content="".join(c.text)), finish_reason=c.finish_reason)
+                ChatChoice(
+                    index=i, message=AssistantMessage(content="".join(c.text)), finish_reason=c.finish_reason
+                )
                 for i, c in enumerate(choices)
             ],
             usage=self._usage(prepared, sum(c.completion_tokens for c in choices)),
@@ -315,7 +330,11 @@ class OpenAIService:
             )
         if request.stream_options and request.stream_options.include_usage:
             yield CompletionResponse(
-                id=rid, created=created, model=prepared.spec.id, choices=[], usage=self._usage(prepared, total)
+                id=rid,
+                created=created,
+                model=prepared.spec.id,
+                choices=[],
+                usage=self._usage(prepared, total),
             )
 
     async def chat_stream(self, request: ChatCompletionRequest) -> AsyncIterator[ChatCompletionChunk]:
@@ -411,5 +430,3 @@ async def _raise(exc: BaseException) -> None:
 
 def _b64(vector: list[float]) -> str:
     return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
-
-

@@ -1,0 +1,40 @@
+# llmaas: `make serve` runs the platform on its embedded default, `make test` runs everything CI runs.
+VENV   ?= .venv
+PYTHON ?= python3
+# CPU build by default; on a GPU machine: make TORCH="torch==2.13.0 --index-url <your CUDA wheel index>"
+TORCH  ?= torch==2.13.0
+ARGS   ?=
+BIN     = $(VENV)/bin
+
+.PHONY: install serve test lint typecheck unit integration clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $@
+
+serve: install
+	$(BIN)/llmaas serve $(ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy
+
+unit: install
+	$(BIN)/python -m pytest tests/unit -q
+
+integration: install
+	$(BIN)/python -m pytest tests/integration -q
+
+test: lint typecheck
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=10
+
+clean:
+	rm -rf $(VENV) .models .mypy_cache .ruff_cache

@@ -1,0 +1,143 @@
+"""The DeepSpeed engine in-process (TP=1, no Ray): token-for-token equality, batching, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from llmaas.config.catalog import ModelSpec
+from llmaas.engine.deepspeed_engine import DeepSpeedEngine
+from llmaas.engine.types import FinishReason, GenerationRequest, SamplingParams
+
+
+@pytest.fixture(scope="module")
+def engine(chat_model_path: Path, model_cache: Path):
+    spec = ModelSpec.model_validate(
+        {
+            "id": "t",
+            "source": {"demo": "tiny-llama-chat"},
+            "batching": {"max_batch_size": 8, "batch_wait_ms": 20},
+        }
+    )
+    eng = DeepSpeedEngine(spec, chat_model_path)
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(eng.start())
+    yield eng, loop
+    loop.run_until_complete(eng.shutdown())
+    loop.close()
+
+
+@pytest.fixture(scope="module")
+def reference(chat_model_path: Path):
+    return (
+        AutoTokenizer.from_pretrained(chat_model_path),
+        AutoModelForCausalLM.from_pretrained(chat_model_path, dtype=torch.float32).eval(),
+    )
+
+
+async def _tokens(
+    eng: DeepSpeedEngine, prompt: list[int], **sampling
+) -> tuple[list[int], FinishReason | None]:
+    request = GenerationRequest(request_id="r", prompt_token_ids=prompt, sampling=SamplingParams(**sampling))
+    ids: list[int] = []
+    reason = None
+    async for chunk in eng.generate(request):
+        ids.extend(chunk.token_ids)
+        reason = chunk.finish_reason
+    return ids, reason
+
+
+PROMPTS = ["What is llmaas?", "Hello", "The capital of Japan is", "Monday, Tuesday,"]
+
+
+def test_greedy_tokens_equal_model_generate(engine, reference):
+    eng, loop = engine
+    tokenizer, model = reference
+    for prompt in PROMPTS:
+        ids = tokenizer.encode(prompt)
+        expected = model.generate(torch.tensor([ids]), max_new_tokens=20, do_sample=False, eos_token_id=None)[
+            0, len(ids) :
+        ]
+        got, reason = loop.run_until_complete(
+            _tokens(eng, ids, max_tokens=20, temperature=0.0, ignore_eos=True)
+        )
+        assert got == expected.tolist()
+        assert reason is FinishReason.LENGTH
+
+
+def test_concurrent_sequences_are_batched_and_match_solo_output(engine, reference):
+    eng, loop = engine
+    tokenizer, _ = reference
+    prompts = [tokenizer.encode(p) for p in PROMPTS * 2]
+
+    async def run_all():
+        return await asyncio.gather(
+            *(
+                _tokens(eng, p, max_tokens=12 + i, temperature=0.0, ignore_eos=True)
+                for i, p in enumerate(prompts)
+            )
+        )
+
+    peak_before = eng.scheduler.peak_batch
+    together = loop.run_until_complete(run_all())
+    assert eng.scheduler.peak_batch >= 4 > peak_before or eng.scheduler.peak_batch >= 4
+    for i, (ids, _) in enumerate(together):
+        solo, _ = loop.run_until_complete(
+            _tokens(eng, prompts[i], max_tokens=12 + i, temperature=0.0, ignore_eos=True)
+        )
+        assert ids == solo, f"prompt {i}: batched output differs from solo output"
+        assert len(ids) == 12 + i
+
+
+def test_eos_ends_with_stop(engine, reference):
+    eng, loop = engine
+    tokenizer, _ = reference
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Hello"}], tokenize=False, add_generation_prompt=True
+    )
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    got, reason = loop.run_until_complete(_tokens(eng, ids, max_tokens=60, temperature=0.0))
+    assert reason is FinishReason.STOP
+    assert got[-1] in eng.info.eos_token_ids
+
+
+def test_cancelled_sequence_leaves_the_batch(engine, reference):
+    eng, loop = engine
+    tokenizer, _ = reference
+
+    async def cancel_early() -> int:
+        request = GenerationRequest(
+            request_id="c",
+            prompt_token_ids=tokenizer.encode("Hello"),
+            sampling=SamplingParams(max_tokens=400, temperature=0.0, ignore_eos=True),
+        )
+        stream = eng.generate(request)
+        got = 0
+        async for _ in stream:
+            got += 1
+            if got == 3:
+                break
+        await stream.aclose()
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if eng.health().running == 0:
+                break
+        return eng.health().running
+
+    assert loop.run_until_complete(cancel_early()) == 0
+    assert eng.health().healthy
+
+
+def test_context_limit_caps_generation(engine, reference):
+    eng, loop = engine
+    tokenizer, _ = reference
+    limit = eng.info.max_context_length
+    prompt = tokenizer.encode("one two three " * 200)[: limit - 3]
+    got, reason = loop.run_until_complete(
+        _tokens(eng, prompt, max_tokens=50, temperature=0.0, ignore_eos=True)
+    )
+    assert len(got) == 3 and reason is FinishReason.LENGTH

@@ -81,7 +81,7 @@ def _parse(model: type[BaseModel], data: Any) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise from_validation_error(exc) from exc
+        raise from_validation_error(exc, model) from exc
 
 
 def _dump(obj: BaseModel) -> dict[str, Any]:

@@ -29,10 +29,11 @@ def _load_catalog(path: str | None) -> Catalog:
 
 
 def _print_validation_error(path: str | None, exc: ValidationError) -> None:
+    from llmaas.config.base import describe_errors
+
     print(f"error: catalog {path or '(embedded default)'} is invalid:", file=sys.stderr)
-    for err in exc.errors(include_url=False):
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        print(f"  - {loc}: {str(err['msg']).removeprefix('Value error, ')}", file=sys.stderr)
+    for line in describe_errors(exc, Catalog):
+        print(f"  - {line}", file=sys.stderr)
 
 
 class _Progress:

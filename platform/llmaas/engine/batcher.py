@@ -50,7 +50,10 @@ class Sequence:
         return len(self.request.prompt_token_ids)
 
     def emit(self, chunk: GenerationChunk) -> None:
-        self.loop.call_soon_threadsafe(self.out.put_nowait, chunk)
+        try:
+            self.loop.call_soon_threadsafe(self.out.put_nowait, chunk)
+        except RuntimeError:  # the replica's event loop is closed: nobody is listening any more
+            self.cancelled = True
 
 
 class BatchScheduler:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
+from llmaas.config.base import model_at
 from llmaas.openai.protocol import ErrorDetail, ErrorResponse
 
 
@@ -79,7 +81,7 @@ def _loc_to_param(loc: tuple[Any, ...]) -> str:
     return "".join(parts)
 
 
-def from_validation_error(exc: ValidationError) -> OpenAIError:
+def from_validation_error(exc: ValidationError, model: type[BaseModel] | None = None) -> OpenAIError:
     """A 400 naming the first bad field, with pydantic's reason."""
     errors = exc.errors(include_url=False)
     # NOTE: a union field (str | list[...]) fails once per branch; our own value errors say more.
@@ -87,6 +89,12 @@ def from_validation_error(exc: ValidationError) -> OpenAIError:
     param = _loc_to_param(tuple(first.get("loc", ()))) or None
     if first.get("type") == "extra_forbidden":
         message = f"Unrecognized request argument supplied: {param}"
+        parent = model_at(model, tuple(first.get("loc", ()))[:-1]) if model else None
+        close = (
+            difflib.get_close_matches(str(first["loc"][-1]), list(parent.model_fields), n=1) if parent else []
+        )
+        if close:
+            message += f" (did you mean '{close[0]}'?)"
     elif first.get("type") == "missing":
         message = f"Missing required parameter: '{param}'."
     else:

@@ -141,3 +141,38 @@ def test_context_limit_caps_generation(engine, reference):
         _tokens(eng, prompt, max_tokens=50, temperature=0.0, ignore_eos=True)
     )
     assert len(got) == 3 and reason is FinishReason.LENGTH
+
+
+def test_chunks_that_pile_up_are_merged_in_order():
+    from llmaas.engine.batcher import merge_chunks
+    from llmaas.engine.types import GenerationChunk
+
+    a = GenerationChunk(request_id="r", text="Hel", token_ids=[1], num_generated_tokens=1)
+    b = GenerationChunk(
+        request_id="r", text="lo", token_ids=[2], num_generated_tokens=2, finish_reason=FinishReason.STOP
+    )
+    merged = merge_chunks(a, b)
+    assert (merged.text, merged.token_ids, merged.num_generated_tokens) == ("Hello", [1, 2], 2)
+    assert merged.finish_reason is FinishReason.STOP
+
+
+def test_non_streaming_request_gets_one_chunk_with_every_token(engine, reference):
+    eng, loop = engine
+    tokenizer, _ = reference
+
+    async def run():
+        request = GenerationRequest(
+            request_id="u",
+            prompt_token_ids=tokenizer.encode("Hello"),
+            sampling=SamplingParams(max_tokens=10, temperature=0.0, ignore_eos=True),
+            stream=False,
+        )
+        return [chunk async for chunk in eng.generate(request)]
+
+    chunks = loop.run_until_complete(run())
+    assert len(chunks) == 1
+    assert len(chunks[0].token_ids) == 10 and chunks[0].finish_reason is FinishReason.LENGTH
+    streamed, _ = loop.run_until_complete(
+        _tokens(eng, tokenizer.encode("Hello"), max_tokens=10, temperature=0.0, ignore_eos=True)
+    )
+    assert chunks[0].token_ids == streamed

@@ -56,6 +56,13 @@ class Sequence:
             self.cancelled = True
 
 
+def merge_chunks(first: GenerationChunk, second: GenerationChunk) -> GenerationChunk:
+    """Two consecutive chunks of one sequence as one."""
+    return second.model_copy(
+        update={"text": first.text + second.text, "token_ids": [*first.token_ids, *second.token_ids]}
+    )
+
+
 class BatchScheduler:
     """Owns the waiting queue and the model thread."""
 
@@ -117,6 +124,10 @@ class BatchScheduler:
         try:
             while True:
                 chunk = await seq.out.get()
+                # NOTE: a slow reader gets what piled up as one chunk, so per-message costs
+                # (Serve streaming, SSE) scale with reads, not with tokens.
+                while chunk.finish_reason is None and (not request.stream or not seq.out.empty()):
+                    chunk = merge_chunks(chunk, await seq.out.get())
                 yield chunk
                 if chunk.finish_reason is not None:
                     return

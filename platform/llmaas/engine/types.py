@@ -39,6 +39,7 @@ class GenerationRequest(BaseModel):
     request_id: str
     prompt_token_ids: list[int] = Field(min_length=1)
     sampling: SamplingParams
+    stream: bool = Field(default=True, description="False: one chunk at the end (no per-token messages).")
 
 
 class GenerationChunk(BaseModel):

@@ -189,6 +189,7 @@ class OpenAIService:
                 request_id=f"{base}-{i}",
                 prompt_token_ids=prompt_ids,
                 sampling=request.to_sampling_params(spec.sampling, max_tokens, choice=i),
+                stream=request.stream,
             )
             for i in range(request.n)
         ]

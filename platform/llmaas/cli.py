@@ -22,18 +22,30 @@ from pydantic import ValidationError
 from llmaas.config.catalog import Catalog
 
 
-def _load_catalog(path: str | None) -> Catalog:
+def load_checked_catalog(path: str | None) -> Catalog | None:
+    """The catalog at ``path`` (or the embedded one), validated and preflight-checked.
+
+    Prints every problem (naming the field and the fix) and returns None when it is unusable.
+    """
     from llmaas.catalogs import default_catalog
-
-    return Catalog.from_file(path) if path else default_catalog()
-
-
-def _print_validation_error(path: str | None, exc: ValidationError) -> None:
     from llmaas.config.base import describe_errors
+    from llmaas.preflight import check_catalog
 
-    print(f"error: catalog {path or '(embedded default)'} is invalid:", file=sys.stderr)
-    for line in describe_errors(exc, Catalog):
-        print(f"  - {line}", file=sys.stderr)
+    try:
+        catalog = Catalog.from_file(path) if path else default_catalog()
+    except ValidationError as exc:
+        print(f"error: catalog {path or '(embedded default)'} is invalid:", file=sys.stderr)
+        for line in describe_errors(exc, Catalog):
+            print(f"  - {line}", file=sys.stderr)
+        return None
+    except (OSError, ValueError) as exc:
+        print(f"error: cannot read catalog {path}: {exc}", file=sys.stderr)
+        return None
+    problems = check_catalog(catalog)
+    if problems:
+        print("error: the catalog cannot be deployed:\n  - " + "\n  - ".join(problems), file=sys.stderr)
+        return None
+    return catalog
 
 
 class _Progress:
@@ -93,16 +105,8 @@ def _cpus_needed(catalog: Catalog) -> float:
 def cmd_serve(args: argparse.Namespace) -> int:
     import os
 
-    try:
-        catalog = _load_catalog(args.catalog)
-    except ValidationError as exc:
-        _print_validation_error(args.catalog, exc)
-        return 2
-    from llmaas.preflight import check_catalog
-
-    problems = check_catalog(catalog)
-    if problems:
-        print("error: the catalog cannot be deployed:\n  - " + "\n  - ".join(problems), file=sys.stderr)
+    catalog = load_checked_catalog(args.catalog)
+    if catalog is None:
         return 2
     print(f"llmaas: preparing {len(catalog.models)} model(s)")
     started = time.perf_counter()
@@ -165,26 +169,16 @@ def _wait_running(app_name: str, timeout_s: float) -> None:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    try:
-        catalog = _load_catalog(args.catalog)
-    except ValidationError as exc:
-        _print_validation_error(args.catalog, exc)
+    catalog = load_checked_catalog(args.catalog)
+    if catalog is None:
         return 2
     prepare(catalog)
     return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from llmaas.preflight import check_catalog
-
-    try:
-        catalog = _load_catalog(args.catalog)
-    except ValidationError as exc:
-        _print_validation_error(args.catalog, exc)
-        return 2
-    problems = check_catalog(catalog)
-    if problems:
-        print("error: the catalog cannot be deployed:\n  - " + "\n  - ".join(problems), file=sys.stderr)
+    catalog = load_checked_catalog(args.catalog)
+    if catalog is None:
         return 2
     for spec in catalog.models:
         print(

@@ -42,7 +42,6 @@ class DeepSpeedEngine(Engine):
         super().__init__(spec, model_path)
         self.runner = ModelRunner(spec, model_path, peers=peers)
         self.scheduler: BatchScheduler | None = None
-        self._info: ModelInfo | None = None
 
     async def start(self) -> None:
         await asyncio.to_thread(self._load)
@@ -82,12 +81,6 @@ class DeepSpeedEngine(Engine):
             tensor_parallel_size=self.spec.tensor_parallel_size,
             architecture=str(getattr(config, "model_type", "")),
         )
-
-    @property
-    def info(self) -> ModelInfo:
-        if self._info is None:
-            raise EngineNotReady(f"model {self.spec.id!r} is still loading")
-        return self._info
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         if self.scheduler is None:

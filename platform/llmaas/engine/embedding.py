@@ -13,9 +13,8 @@ import torch
 from llmaas.config.catalog import ModelSpec
 from llmaas.engine.errors import EngineNotReady
 from llmaas.engine.protocol import Engine
+from llmaas.engine.runner import TORCH_DTYPES
 from llmaas.engine.types import EngineHealth, ModelInfo
-
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def pooling_mode(model_path: Path) -> str:
@@ -50,7 +49,6 @@ class EmbeddingEngine(Engine):
     def __init__(self, spec: ModelSpec, model_path: Path, **_: Any) -> None:
         super().__init__(spec, model_path)
         self.model: Any = None
-        self._info: ModelInfo | None = None
         self._mode = pooling_mode(model_path)
         self._lock = threading.Lock()
         self._pad_id = 0
@@ -63,7 +61,9 @@ class EmbeddingEngine(Engine):
 
         torch.set_num_threads(self.spec.resources.threads)
         device = "cuda" if self.spec.resources.uses_gpu else "cpu"
-        self.model = AutoModel.from_pretrained(self.model_path, dtype=_DTYPES[self.spec.torch_dtype_name])
+        self.model = AutoModel.from_pretrained(
+            self.model_path, dtype=TORCH_DTYPES[self.spec.torch_dtype_name]
+        )
         self.model.to(device).eval()
         tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self._pad_id = int(tokenizer.pad_token_id or 0)
@@ -77,12 +77,6 @@ class EmbeddingEngine(Engine):
             embedding_dim=int(config.hidden_size),
             architecture=str(getattr(config, "model_type", "")),
         )
-
-    @property
-    def info(self) -> ModelInfo:
-        if self._info is None:
-            raise EngineNotReady(f"model {self.spec.id!r} is still loading")
-        return self._info
 
     async def embed(self, inputs: list[list[int]]) -> list[list[float]]:
         if self.model is None:

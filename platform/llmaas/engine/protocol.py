@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from llmaas.config.catalog import ModelSpec
-from llmaas.engine.errors import UnsupportedTask
+from llmaas.engine.errors import EngineNotReady, UnsupportedTask
 from llmaas.engine.types import EngineHealth, GenerationChunk, GenerationRequest, ModelInfo
 
 
@@ -21,15 +21,18 @@ class Engine(ABC):
     def __init__(self, spec: ModelSpec, model_path: Path) -> None:
         self.spec = spec
         self.model_path = model_path
+        self._info: ModelInfo | None = None  # set by start()
 
     @abstractmethod
     async def start(self) -> None:
         """Load weights, form the tensor-parallel group, warm up. Called once before traffic."""
 
     @property
-    @abstractmethod
     def info(self) -> ModelInfo:
         """Limits and special tokens; valid after ``start``."""
+        if self._info is None:
+            raise EngineNotReady(f"model {self.spec.id!r} is still loading")
+        return self._info
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         """Stream chunks for one sequence. Closing the iterator cancels the sequence."""

@@ -23,7 +23,7 @@ from llmaas.config.catalog import ModelSpec
 
 logger = logging.getLogger(__name__)
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ class ShardRunner:
                 rank=self.rank,
                 world_size=self.world_size,
             )
-        dtype = _DTYPES[self.spec.torch_dtype_name]
+        dtype = TORCH_DTYPES[self.spec.torch_dtype_name]
         model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype)
         model.eval()
         engine = deepspeed.init_inference(

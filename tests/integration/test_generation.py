@@ -264,3 +264,21 @@ def test_client_disconnect_cancels_the_sequence(base_url):
     time.sleep(0.5)
     after = replica.health.remote().result()
     assert after.steps - before.steps < 400, "the sequence kept decoding after its client left"
+
+
+def test_tp2_under_concurrent_load_matches_tp1_solo(http, base_url):
+    """Joins, row removals and cache trims run in lockstep on both ranks."""
+    solo = [
+        _complete(http, model="tiny-llama", prompt=p, max_tokens=10 + 7 * i, temperature=0, ignore_eos=True)
+        for i, p in enumerate(PROMPTS)
+    ]
+
+    def one(i: int) -> dict:
+        with httpx.Client(base_url=base_url, timeout=120) as client:
+            body = {"model": "tiny-llama-tp2", "prompt": PROMPTS[i], "max_tokens": 10 + 7 * i}
+            return client.post("/v1/completions", json={**body, "temperature": 0, "ignore_eos": True}).json()
+
+    with ThreadPoolExecutor(4) as pool:
+        loaded = list(pool.map(one, range(len(PROMPTS))))
+    for alone, together in zip(solo, loaded, strict=True):
+        assert together["choices"][0]["text"] == alone["choices"][0]["text"]

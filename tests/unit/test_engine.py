@@ -176,3 +176,53 @@ def test_non_streaming_request_gets_one_chunk_with_every_token(engine, reference
         _tokens(eng, tokenizer.encode("Hello"), max_tokens=10, temperature=0.0, ignore_eos=True)
     )
     assert chunks[0].token_ids == streamed
+
+
+def test_newcomer_joins_a_running_batch_without_disturbing_it(engine, reference):
+    eng, loop = engine
+    tokenizer, _ = reference
+    long_prompt, short_prompt = (
+        tokenizer.encode("Once upon a time"),
+        tokenizer.encode("The capital of France is"),
+    )
+    long_solo, _ = loop.run_until_complete(
+        _tokens(eng, long_prompt, max_tokens=150, temperature=0.0, ignore_eos=True)
+    )
+    short_solo, _ = loop.run_until_complete(
+        _tokens(eng, short_prompt, max_tokens=6, temperature=0.0, ignore_eos=True)
+    )
+
+    async def overlap() -> tuple[list[int], list[int], list[str]]:
+        order: list[str] = []
+        started = asyncio.Event()
+
+        async def long_run() -> list[int]:
+            request = GenerationRequest(
+                request_id="long",
+                prompt_token_ids=long_prompt,
+                sampling=SamplingParams(max_tokens=150, temperature=0.0, ignore_eos=True),
+            )
+            ids: list[int] = []
+            async for chunk in eng.generate(request):
+                ids.extend(chunk.token_ids)
+                if len(ids) >= 5:
+                    started.set()
+            order.append("long")
+            return ids
+
+        async def short_run() -> list[int]:
+            await started.wait()
+            ids, _ = await _tokens(eng, short_prompt, max_tokens=6, temperature=0.0, ignore_eos=True)
+            order.append("short")
+            return ids
+
+        long_ids, short_ids = await asyncio.gather(long_run(), short_run())
+        return long_ids, short_ids, order
+
+    steps_before = eng.scheduler.steps
+    long_ids, short_ids, order = loop.run_until_complete(overlap())
+    assert order == ["short", "long"], "the newcomer waited for the running sequence to finish"
+    assert short_ids == short_solo
+    assert long_ids == long_solo
+    # one prefill, one join, then one step per token of the long sequence: no extra batch
+    assert eng.scheduler.steps - steps_before == 150 + 1

@@ -1,8 +1,9 @@
-"""The generation scheduler of a replica: batches concurrent sequences over a ModelRunner.
+"""The generation scheduler of a replica: continuous batching over a ModelRunner.
 
-Concurrent requests are prefilled together (left-padded, within ``max_batch_tokens``) and
-decoded step by step; a finished or cancelled row leaves the batch at the next step and its
-KV rows are dropped. New requests start with the next batch.
+Requests join the running batch between decode steps: newcomers are prefilled together
+(left-padded, within ``max_batch_tokens``) and their KV cache is merged into the running
+one, left-padded to a common length. A finished or cancelled row leaves at the next step,
+and cache columns that became padding in every row are dropped.
 
 The model runs in one background thread (torch releases the GIL in its kernels), so the
 replica's event loop keeps streaming tokens and taking requests while a step runs.
@@ -17,7 +18,7 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -63,6 +64,29 @@ def merge_chunks(first: GenerationChunk, second: GenerationChunk) -> GenerationC
     )
 
 
+@dataclass
+class _Batch:
+    """The running batch, row-aligned with the KV cache on every rank."""
+
+    rows: list[Sequence] = field(default_factory=list)
+    pending: list[int] = field(default_factory=list)  # sampled token each row feeds next
+    alive: list[bool] = field(default_factory=list)
+    mask: torch.Tensor | None = None  # [rows, cached tokens]: 0 marks left padding
+    last_pos: torch.Tensor | None = None  # [rows]: position of each row's last cached token
+
+    @property
+    def num_alive(self) -> int:
+        return sum(self.alive)
+
+    def clear(self) -> None:
+        self.rows, self.pending, self.alive = [], [], []
+        self.mask = self.last_pos = None
+
+
+def left_pad(mask: torch.Tensor, width: int) -> torch.Tensor:
+    return torch.nn.functional.pad(mask, (width - mask.shape[1], 0))
+
+
 class BatchScheduler:
     """Owns the waiting queue and the model thread."""
 
@@ -89,6 +113,7 @@ class BatchScheduler:
         self.last_error: str | None = None
         self.steps = 0
         self.peak_batch = 0
+        self._deferred: Sequence | None = None
 
     # ---- event-loop side -------------------------------------------------------------
     def start(self) -> None:
@@ -142,46 +167,64 @@ class BatchScheduler:
 
     # ---- model-thread side -----------------------------------------------------------
     def _loop(self) -> None:
+        batch = _Batch()
         while not self._stop.is_set():
-            batch = self._collect()
-            if not batch:
-                continue
-            self._running = len(batch)
-            self.peak_batch = max(self.peak_batch, len(batch))
+            joining: list[Sequence] = []
             try:
-                self._run(batch)
+                joining = self._admit(batch)
+                if joining:
+                    self._join(batch, joining)
+                if batch.rows:
+                    self._decode(batch)
             except Exception as exc:  # a failed step must end every request in it, not hang them
-                logger.exception("batch of %d failed on %s", len(batch), self.spec.id)
+                logger.exception("step failed on %s", self.spec.id)
                 self.last_error = f"{type(exc).__name__}: {exc}"
-                for seq in batch:
+                for seq in {id(s): s for s in [*batch.rows, *joining]}.values():
                     if not seq.done:
                         self._finish(seq, FinishReason.ABORT, error=f"generation failed: {self.last_error}")
-            finally:
-                self._running = 0
+                batch = _Batch()
+            self._running = batch.num_alive
 
-    def _collect(self) -> list[Sequence]:
+    def _next_waiting(self, timeout: float) -> Sequence | None:
+        if self._deferred is not None:
+            seq, self._deferred = self._deferred, None
+            return seq
         try:
-            first = self._waiting.get(timeout=0.05)
+            return self._waiting.get(timeout=timeout) if timeout > 0 else self._waiting.get_nowait()
         except queue.Empty:
-            return []
-        batch = [first]
+            return None
+
+    def _admit(self, batch: _Batch) -> list[Sequence]:
+        """Waiting sequences that join the batch before the next step, within the prefill budget.
+
+        NOTE: prefill runs between decode steps, so the stall it causes running sequences is
+        bounded by ``max_batch_tokens`` (padded prompt tokens per step). An idle engine waits
+        ``batch_wait_ms`` for company; a busy one takes only what is already waiting.
+        """
         limits = self.spec.batching
-        deadline = time.monotonic() + limits.batch_wait_ms / 1000.0
-        longest = first.prompt_len
-        while len(batch) < limits.max_batch_size:
-            timeout = deadline - time.monotonic()
-            try:
-                seq = self._waiting.get(timeout=timeout) if timeout > 0 else self._waiting.get_nowait()
-            except queue.Empty:
+        free = limits.max_batch_size - batch.num_alive
+        if free <= 0 or (batch.num_alive and not self.runner.supports_join):
+            return []
+        idle = batch.num_alive == 0
+        new: list[Sequence] = []
+        if idle:
+            first = self._next_waiting(0.05)
+            if first is None:
+                return []
+            new.append(first)
+        deadline = time.monotonic() + (limits.batch_wait_ms / 1000.0 if idle else 0.0)
+        longest = max((s.prompt_len for s in new), default=0)
+        while len(new) < free:
+            seq = self._next_waiting(deadline - time.monotonic())
+            if seq is None:
                 break
-            padded = max(longest, seq.prompt_len) * (len(batch) + 1)
-            if padded > limits.max_batch_tokens:
-                self._waiting.put(seq)  # NOTE: goes to the back; it starts the next batch at the latest
+            if new and max(longest, seq.prompt_len) * (len(new) + 1) > limits.max_batch_tokens:
+                self._deferred = seq  # first in line for the next step
                 break
-            batch.append(seq)
+            new.append(seq)
             longest = max(longest, seq.prompt_len)
         live = []
-        for seq in batch:
+        for seq in new:
             if seq.cancelled:
                 seq.done = True
             elif seq.max_new_tokens == 0:
@@ -190,42 +233,74 @@ class BatchScheduler:
                 live.append(seq)
         return live
 
-    def _run(self, batch: list[Sequence]) -> None:
-        width = max(s.prompt_len for s in batch)
-        ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, seq in enumerate(batch):
+    def _join(self, batch: _Batch, new: list[Sequence]) -> None:
+        """Prefill ``new`` and merge it into the running batch (left-padded to a common length)."""
+        if batch.num_alive == 0:
+            batch.clear()
+        width = max(s.prompt_len for s in new)
+        ids = torch.full((len(new), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(new), width), dtype=torch.long)
+        for row, seq in enumerate(new):
             prompt = seq.request.prompt_token_ids
             ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
             mask[row, width - len(prompt) :] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits = self.runner.step(StepInput("prefill", ids, mask, positions))
+        kind: Literal["prefill", "join"] = "join" if batch.rows else "prefill"
+        logits = self.runner.step(StepInput(kind, ids, mask, positions))
         self.steps += 1
-        rows = batch
-        last_pos = positions[:, -1]
-        while True:
-            next_ids = sample(logits, [s.request.sampling for s in rows], [s.generator for s in rows])
-            keep = [
-                i for i, (seq, tok) in enumerate(zip(rows, next_ids, strict=True)) if self._advance(seq, tok)
-            ]
-            if not keep:
-                return
-            if len(keep) < len(rows):
-                index = torch.tensor(keep, dtype=torch.long)
-                mask, last_pos = mask.index_select(0, index), last_pos.index_select(0, index)
-            rows = [rows[i] for i in keep]
-            self._running = len(rows)
-            mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=torch.long)], dim=1)
-            last_pos = last_pos + 1
-            step = StepInput(
-                "decode",
-                torch.tensor([[next_ids[i]] for i in keep], dtype=torch.long),
-                mask,
-                last_pos.unsqueeze(1),
-                keep_rows=tuple(keep) if len(keep) < len(next_ids) else None,
+        if batch.mask is None or batch.last_pos is None:
+            batch.mask, batch.last_pos = mask, positions[:, -1]
+        else:
+            total = max(batch.mask.shape[1], width)
+            batch.mask = torch.cat([left_pad(batch.mask, total), left_pad(mask, total)])
+            batch.last_pos = torch.cat([batch.last_pos, positions[:, -1]])
+        batch.rows.extend(new)
+        tokens = sample(logits, [s.request.sampling for s in new], [s.generator for s in new])
+        for seq, token in zip(new, tokens, strict=True):
+            batch.pending.append(token)
+            batch.alive.append(self._advance(seq, token))
+        self.peak_batch = max(self.peak_batch, batch.num_alive)
+
+    def _decode(self, batch: _Batch) -> None:
+        """One decode step for every live row; finished and cancelled rows leave first."""
+        keep = [
+            i for i, (s, a) in enumerate(zip(batch.rows, batch.alive, strict=True)) if a and not s.cancelled
+        ]
+        for seq, alive in zip(batch.rows, batch.alive, strict=True):
+            if alive and seq.cancelled:
+                seq.done = True
+        if not keep:
+            batch.clear()
+            return
+        assert batch.mask is not None and batch.last_pos is not None
+        keep_rows = None
+        if len(keep) < len(batch.rows):
+            index = torch.tensor(keep, dtype=torch.long)
+            batch.mask, batch.last_pos = (
+                batch.mask.index_select(0, index),
+                batch.last_pos.index_select(0, index),
             )
-            logits = self.runner.step(step)
-            self.steps += 1
+            batch.rows = [batch.rows[i] for i in keep]
+            batch.pending = [batch.pending[i] for i in keep]
+            keep_rows = tuple(keep)
+        # columns that are padding in every remaining row are dropped from the cache too
+        trim = int(torch.cumprod((batch.mask == 0).all(dim=0).int(), dim=0).sum())
+        batch.mask = torch.cat([batch.mask[:, trim:], torch.ones((len(keep), 1), dtype=torch.long)], dim=1)
+        batch.last_pos = batch.last_pos + 1
+        step = StepInput(
+            "decode",
+            torch.tensor(batch.pending, dtype=torch.long).unsqueeze(1),
+            batch.mask,
+            batch.last_pos.unsqueeze(1),
+            keep_rows=keep_rows,
+            trim_left=trim,
+        )
+        logits = self.runner.step(step)
+        self.steps += 1
+        tokens = sample(logits, [s.request.sampling for s in batch.rows], [s.generator for s in batch.rows])
+        batch.pending = tokens
+        batch.alive = [self._advance(seq, token) for seq, token in zip(batch.rows, tokens, strict=True)]
+        self.peak_batch = max(self.peak_batch, len(keep))
 
     def _advance(self, seq: Sequence, token_id: int) -> bool:
         """Append one token to a sequence; emit its text; return whether it goes on."""

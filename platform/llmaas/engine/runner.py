@@ -9,6 +9,7 @@ logits and its own slice of the KV cache.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -30,11 +31,12 @@ TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": 
 class StepInput:
     """Everything a rank needs to run one forward step; picklable, identical on every rank."""
 
-    kind: Literal["prefill", "decode"]
+    kind: Literal["prefill", "join", "decode"]  # join: prefill new rows, merge into the cache
     input_ids: torch.Tensor  # [batch, new tokens]
     attention_mask: torch.Tensor  # [batch, cached + new tokens]
     position_ids: torch.Tensor  # [batch, new tokens]
     keep_rows: tuple[int, ...] | None = None  # decode: rows of the cache to keep first
+    trim_left: int = 0  # decode: cache columns (padding in every kept row) to drop first
 
 
 def free_port() -> int:
@@ -126,25 +128,59 @@ class ShardRunner:
         """Run one forward step; return the last position's logits per row ([batch, vocab])."""
         from transformers import DynamicCache
 
-        if step.kind == "prefill":
-            self.cache = DynamicCache(config=self.model.config)
-        elif step.keep_rows is not None:
-            self.cache.batch_select_indices(torch.tensor(step.keep_rows, device=self.device))
+        if step.kind == "decode":
+            if step.keep_rows is not None:
+                self.cache.batch_select_indices(torch.tensor(step.keep_rows, device=self.device))
+            if step.trim_left:
+                for layer in self.cache.layers:
+                    layer.keys = layer.keys[:, :, step.trim_left :, :]
+                    layer.values = layer.values[:, :, step.trim_left :, :]
+            target = self.cache
+        else:
+            target = DynamicCache(config=self.model.config)
         out = self.model(
             input_ids=step.input_ids.to(self.device),
             attention_mask=step.attention_mask.to(self.device),
             position_ids=step.position_ids.to(self.device),
-            past_key_values=self.cache,
+            past_key_values=target,
             use_cache=True,
             logits_to_keep=1,
         )
-        self.cache = out.past_key_values
+        if step.kind == "join":
+            merge_left_padded(self.cache, out.past_key_values)
+        else:
+            self.cache = out.past_key_values
         if not return_logits:
             return None
         return out.logits[:, -1, :].float().cpu()
 
     def release(self) -> None:
         self.cache = None
+
+    @property
+    def supports_join(self) -> bool:
+        """Whether running caches can be merged (plain per-layer K/V tensors, no sliding windows)."""
+        from transformers import DynamicCache
+
+        layers = DynamicCache(config=self.model.config).layers
+        return all(type(layer).__name__ == "DynamicLayer" for layer in layers)
+
+
+def _left_pad_kv(tensor: torch.Tensor, length: int) -> torch.Tensor:
+    """Left-pad [batch, heads, tokens, dim] with zeros to ``length`` tokens (masked out later)."""
+    return torch.nn.functional.pad(tensor, (0, 0, length - tensor.shape[2], 0))
+
+
+def merge_left_padded(running: Any, new: Any) -> None:
+    """Append ``new``'s rows to ``running``, layer by layer, left-padding the shorter one."""
+    for old_layer, new_layer in zip(running.layers, new.layers, strict=True):
+        length = max(old_layer.keys.shape[2], new_layer.keys.shape[2])
+        old_layer.keys = torch.cat(
+            [_left_pad_kv(old_layer.keys, length), _left_pad_kv(new_layer.keys, length)]
+        )
+        old_layer.values = torch.cat(
+            [_left_pad_kv(old_layer.values, length), _left_pad_kv(new_layer.values, length)]
+        )
 
 
 class PeerGroup(Protocol):
@@ -188,6 +224,10 @@ class ModelRunner:
     @property
     def model_config(self) -> Any:
         return self.local.model.config
+
+    @functools.cached_property
+    def supports_join(self) -> bool:
+        return self.local.supports_join
 
     def step(self, step: StepInput) -> torch.Tensor:
         pending = self.peers.step(step) if self.peers is not None else []

@@ -5,6 +5,7 @@ Examples:
   llmaas serve --catalog models.yaml --host 0.0.0.0 --port 8080
   llmaas prepare --catalog models.yaml      # build/load demo models ahead of time
   llmaas check --catalog models.yaml        # validate a catalog, deploy nothing
+  llmaas bench --model tiny-llama-chat      # load-test a running platform; JSON + PNG
 """
 
 from __future__ import annotations
@@ -187,6 +188,48 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from llmaas.bench import BenchConfig, run_bench
+    from llmaas.bench.report import write_json, write_plot
+
+    config = BenchConfig(
+        url=args.url,
+        model=args.model,
+        concurrency=[int(c) for c in args.concurrency.split(",") if c],
+        rate=[float(r) for r in args.rate.split(",") if r],
+        requests_per_level=args.requests,
+        prompt_words=(args.prompt_min, args.prompt_max),
+        output_tokens=(args.output_min, args.output_max),
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    reports = asyncio.run(run_bench(config))
+    print(
+        f"{'mode':<12}{'level':>7}{'ok':>6}{'err':>5}{'tok/s':>9}{'req/s':>8}"
+        f"{'TTFT p50/p99 ms':>18}{'TPOT p50/p99 ms':>18}{'e2e p50/p99 ms':>18}"
+    )
+    for r in reports:
+        print(
+            f"{r.mode:<12}{r.level:>7g}{r.requests - r.errors:>6}{r.errors:>5}"
+            f"{r.output_tok_s:>9.1f}{r.req_s:>8.2f}"
+            f"{_pair(r.ttft_p50_ms, r.ttft_p99_ms):>18}{_pair(r.tpot_p50_ms, r.tpot_p99_ms):>18}"
+            f"{_pair(r.e2e_p50_ms, r.e2e_p99_ms):>18}"
+        )
+    write_json(out / "bench.json", config, reports)
+    plotted = write_plot(out / "bench.png", reports, f"llmaas: {config.model}")
+    print(
+        f"wrote {out / 'bench.json'}"
+        + (f" and {out / 'bench.png'}" if plotted else " (no plot: pip install matplotlib)")
+    )
+    return 1 if any(r.errors for r in reports) else 0
+
+
+def _pair(a: float | None, b: float | None) -> str:
+    return "-" if a is None or b is None else f"{a:.0f}/{b:.0f}"
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="llmaas", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -206,6 +249,18 @@ def parser() -> argparse.ArgumentParser:
     check_p = sub.add_parser("check", help="validate a catalog without deploying it")
     check_p.add_argument("--catalog")
     check_p.set_defaults(func=cmd_check)
+    bench_p = sub.add_parser("bench", help="load-test a running platform (concurrency sweep, fixed rate)")
+    bench_p.add_argument("--url", default="http://127.0.0.1:8000")
+    bench_p.add_argument("--model", required=True)
+    bench_p.add_argument("--concurrency", default="1,4,16,32,64", help="closed-loop levels, comma-separated")
+    bench_p.add_argument("--rate", default="", help="fixed-rate levels in requests/s, comma-separated")
+    bench_p.add_argument("--requests", type=int, default=64, help="requests per level")
+    bench_p.add_argument("--prompt-min", type=int, default=16)
+    bench_p.add_argument("--prompt-max", type=int, default=64)
+    bench_p.add_argument("--output-min", type=int, default=32)
+    bench_p.add_argument("--output-max", type=int, default=128)
+    bench_p.add_argument("--out", default="bench-results")
+    bench_p.set_defaults(func=cmd_bench)
     return p
 
 

@@ -5,13 +5,13 @@ Examples:
   llmaas serve --catalog models.yaml --host 0.0.0.0 --port 8080
   llmaas prepare --catalog models.yaml      # build/load demo models ahead of time
   llmaas check --catalog models.yaml        # validate a catalog, deploy nothing
-  llmaas bench --model tiny-llama-chat      # load-test a running platform; JSON + PNG
+  llmaas bench --catalog bench --model bench-llama --baselines all   # the committed benchmark
+  llmaas bench --url http://127.0.0.1:8000 --model tiny-llama-chat    # load-test a running platform
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import signal
 import sys
 import time
@@ -28,10 +28,12 @@ def load_checked_catalog(path: str | None) -> Catalog | None:
 
     Prints every problem (naming the field and the fix) and returns None when it is unusable.
     """
-    from llmaas.catalogs import default_catalog
+    from llmaas.catalogs import default_catalog, embedded_catalog_path
     from llmaas.config.base import describe_errors
     from llmaas.preflight import check_catalog
 
+    if path and not Path(path).exists() and (embedded := embedded_catalog_path(path)):
+        path = str(embedded)
     try:
         catalog = Catalog.from_file(path) if path else default_catalog()
     except ValidationError as exc:
@@ -90,21 +92,8 @@ def prepare(catalog: Catalog) -> dict[str, Path]:
     return paths
 
 
-def _cpus_needed(catalog: Catalog) -> float:
-    total = catalog.router.num_cpus * catalog.router.num_replicas
-    total += catalog.tokenizer.num_cpus * catalog.tokenizer.num_replicas
-    for spec in catalog.models:
-        replicas = spec.replicas.num_replicas or (
-            spec.replicas.autoscaling.initial_replicas or spec.replicas.autoscaling.min_replicas
-            if spec.replicas.autoscaling
-            else 1
-        )
-        total += spec.resources.num_cpus * spec.tensor_parallel_size * replicas
-    return total
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
-    import os
+    from llmaas.launch import start_platform, stop_platform
 
     catalog = load_checked_catalog(args.catalog)
     if catalog is None:
@@ -112,24 +101,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"llmaas: preparing {len(catalog.models)} model(s)")
     started = time.perf_counter()
     prepare(catalog)
-
-    import ray
-    from ray import serve
-
-    from llmaas.deployments.builder import build_from_catalog
-
-    if args.address:
-        ray.init(address=args.address, log_to_driver=False)
-    else:
-        # NOTE: Ray schedules by logical CPUs; on a small machine the default catalog's fractional
-        # CPUs may add up past the cores, so declare at least what it needs.
-        cpus = max(os.cpu_count() or 1, math.ceil(_cpus_needed(catalog)))
-        ray.init(num_cpus=cpus, include_dashboard=args.dashboard, log_to_driver=False)
-    serve.start(http_options={"host": args.host, "port": args.port})
-    print("llmaas: starting replicas (router, tokenizer, models)")
-    serve.run(build_from_catalog(catalog), name=catalog.app_name, route_prefix="/", blocking=False)
-    _wait_running(catalog.app_name, timeout_s=args.start_timeout)
-    url = f"http://{args.host}:{args.port}"
+    url = start_platform(
+        catalog,
+        host=args.host,
+        port=args.port,
+        address=args.address,
+        dashboard=args.dashboard,
+        start_timeout_s=args.start_timeout,
+    )
     print(
         f"llmaas: serving {', '.join(m.id for m in catalog.models)} on {url} "
         f"(ready in {time.perf_counter() - started:.0f}s)"
@@ -145,28 +124,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     print("llmaas: shutting down")
-    serve.shutdown()
-    ray.shutdown()
+    stop_platform()
     return 0
-
-
-def _wait_running(app_name: str, timeout_s: float) -> None:
-    from ray import serve
-
-    deadline = time.monotonic() + timeout_s
-    last = ""
-    while time.monotonic() < deadline:
-        status = serve.status().applications.get(app_name)
-        state = str(status.status) if status else "NOT_STARTED"
-        if state.endswith("RUNNING"):
-            return
-        if state.endswith("DEPLOY_FAILED"):
-            raise SystemExit(f"llmaas: deployment failed: {status.message if status else ''}")
-        if state != last:
-            print(f"  application: {state.split('.')[-1]}")
-            last = state
-        time.sleep(1)
-    raise SystemExit(f"llmaas: the application was not running after {timeout_s:.0f}s")
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
@@ -189,13 +148,42 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    import asyncio
+    from llmaas.bench import BenchConfig
+    from llmaas.bench.report import write_suite_json, write_suite_plot
+    from llmaas.bench.suite import ALL_BASELINES, Baseline, run_suite
 
-    from llmaas.bench import BenchConfig, run_bench
-    from llmaas.bench.report import write_json, write_plot
+    names = ALL_BASELINES if args.baselines == "all" else tuple(b for b in args.baselines.split(",") if b)
+    unknown = [b for b in names if b not in ALL_BASELINES]
+    if unknown:
+        print(
+            f"error: unknown baseline(s) {unknown}; choose from {', '.join(ALL_BASELINES)}", file=sys.stderr
+        )
+        return 2
+    started_here = args.url is None
+    url = args.url
+    spec, model_dir, catalog = None, None, None
+    if started_here or names:  # the baselines load the model's weights themselves
+        catalog = load_checked_catalog(args.catalog)
+        if catalog is None:
+            return 2
+        spec = next((m for m in catalog.models if m.id == args.model), None)
+        if spec is None:
+            served = ", ".join(m.id for m in catalog.models)
+            print(f"error: model {args.model!r} is not in the catalog (it has: {served})", file=sys.stderr)
+            return 2
+        model_dir = prepare(catalog)[spec.id]
+    if started_here:
+        from llmaas.launch import start_platform
 
+        assert spec is not None and catalog is not None
+        # NOTE: room for the serve-batch baseline's replica next to the platform's.
+        url = start_platform(catalog, port=args.port, extra_cpus=spec.resources.num_cpus)
+    elif "serve-batch" in names:
+        import ray
+
+        ray.init(address="auto", log_to_driver=False)
     config = BenchConfig(
-        url=args.url,
+        url=url,
         model=args.model,
         concurrency=[int(c) for c in args.concurrency.split(",") if c],
         rate=[float(r) for r in args.rate.split(",") if r],
@@ -203,27 +191,47 @@ def cmd_bench(args: argparse.Namespace) -> int:
         prompt_words=(args.prompt_min, args.prompt_max),
         output_tokens=(args.output_min, args.output_max),
     )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    reports = asyncio.run(run_bench(config))
+    baselines: list[Baseline] = [b for b in ALL_BASELINES if b in names]
+    levels = [int(c) for c in args.baseline_concurrency.split(",") if c]
+    try:
+        report = run_suite(config, spec, model_dir, baselines, levels)
+    finally:
+        if started_here:
+            from llmaas.launch import stop_platform
+
+            stop_platform()
     print(
-        f"{'mode':<12}{'level':>7}{'ok':>6}{'err':>5}{'tok/s':>9}{'req/s':>8}"
+        f"{'target':<13}{'mode':<12}{'level':>7}{'ok':>6}{'err':>5}{'tok/s':>9}{'req/s':>8}"
         f"{'TTFT p50/p99 ms':>18}{'TPOT p50/p99 ms':>18}{'e2e p50/p99 ms':>18}"
     )
-    for r in reports:
+    for name, levels_run in report.results.items():
+        for r in levels_run:
+            print(
+                f"{name:<13}{r.mode:<12}{r.level:>7g}{r.requests - r.errors:>6}{r.errors:>5}"
+                f"{r.output_tok_s:>9.1f}{r.req_s:>8.2f}"
+                f"{_pair(r.ttft_p50_ms, r.ttft_p99_ms):>18}{_pair(r.tpot_p50_ms, r.tpot_p99_ms):>18}"
+                f"{_pair(r.e2e_p50_ms, r.e2e_p99_ms):>18}"
+            )
+    if report.limit:
+        by_batch = ", ".join(f"{b}: {v:.0f}" for b, v in report.limit.tok_s_by_batch.items())
         print(
-            f"{r.mode:<12}{r.level:>7g}{r.requests - r.errors:>6}{r.errors:>5}"
-            f"{r.output_tok_s:>9.1f}{r.req_s:>8.2f}"
-            f"{_pair(r.ttft_p50_ms, r.ttft_p99_ms):>18}{_pair(r.tpot_p50_ms, r.tpot_p99_ms):>18}"
-            f"{_pair(r.e2e_p50_ms, r.e2e_p99_ms):>18}"
+            f"limit: static generate tok/s by batch size {{{by_batch}}}; "
+            f"prefill p50 {report.limit.prefill_ms_p50} ms"
         )
-    write_json(out / "bench.json", config, reports)
-    plotted = write_plot(out / "bench.png", reports, f"llmaas: {config.model}")
+    for name, reason in report.skipped.items():
+        print(f"skipped {name}: {reason}")
+    for key, value in report.summary.model_dump().items():
+        if value is not None:
+            print(f"  {key}: {value}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_suite_json(out / "bench.json", report)
+    plotted = write_suite_plot(out / "bench.png", report)
     print(
         f"wrote {out / 'bench.json'}"
         + (f" and {out / 'bench.png'}" if plotted else " (no plot: pip install matplotlib)")
     )
-    return 1 if any(r.errors for r in reports) else 0
+    return 1 if any(r.errors for r in report.results.get("llmaas", [])) else 0
 
 
 def _pair(a: float | None, b: float | None) -> str:
@@ -249,12 +257,29 @@ def parser() -> argparse.ArgumentParser:
     check_p = sub.add_parser("check", help="validate a catalog without deploying it")
     check_p.add_argument("--catalog")
     check_p.set_defaults(func=cmd_check)
-    bench_p = sub.add_parser("bench", help="load-test a running platform (concurrency sweep, fixed rate)")
-    bench_p.add_argument("--url", default="http://127.0.0.1:8000")
-    bench_p.add_argument("--model", required=True)
+    bench_p = sub.add_parser(
+        "bench",
+        help="benchmark a model: concurrency sweep and fixed rate over HTTP, plus baselines; JSON + PNG",
+    )
+    bench_p.add_argument("--model", required=True, help="catalog model id")
+    bench_p.add_argument("--catalog", help="catalog YAML or an embedded name (default, bench)")
+    bench_p.add_argument(
+        "--url", help="a running platform to load (default: start the catalog's platform for the run)"
+    )
+    bench_p.add_argument("--port", type=int, default=8000, help="port of the platform the run starts")
     bench_p.add_argument("--concurrency", default="1,4,16,32,64", help="closed-loop levels, comma-separated")
     bench_p.add_argument("--rate", default="", help="fixed-rate levels in requests/s, comma-separated")
-    bench_p.add_argument("--requests", type=int, default=64, help="requests per level")
+    bench_p.add_argument(
+        "--baselines",
+        default="",
+        help="'all' or a comma-separated subset of limit,engine,naive,serve-batch,hf-serve",
+    )
+    bench_p.add_argument(
+        "--baseline-concurrency", default="1,4,32", help="closed-loop levels for the server baselines"
+    )
+    bench_p.add_argument(
+        "--requests", type=int, default=64, help="requests per level (at least 2 per stream)"
+    )
     bench_p.add_argument("--prompt-min", type=int, default=16)
     bench_p.add_argument("--prompt-max", type=int, default=64)
     bench_p.add_argument("--output-min", type=int, default=32)

@@ -17,7 +17,7 @@ def test_bench_command_writes_json_and_plot(base_url: str, tmp_path: Path):
     )  # fmt: skip
     assert code == 0
     report = json.loads((out / "bench.json").read_text())
-    levels = report["levels"]
+    levels = report["results"]["llmaas"]
     assert [(lv["mode"], lv["level"]) for lv in levels] == [
         ("concurrency", 1),
         ("concurrency", 4),

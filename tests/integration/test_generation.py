@@ -282,3 +282,35 @@ def test_tp2_under_concurrent_load_matches_tp1_solo(http, base_url):
         loaded = list(pool.map(one, range(len(PROMPTS))))
     for alone, together in zip(solo, loaded, strict=True):
         assert together["choices"][0]["text"] == alone["choices"][0]["text"]
+
+
+def test_a_full_model_queues_then_refuses_and_loses_nothing(base_url):
+    """tiny-gpt2 takes 2 sequences in its batch, 2 more waiting in the replica, 2 in Serve's queue.
+
+    Twelve requests at once: the overflow gets 503 with Retry-After in OpenAI's shape, quickly;
+    every accepted request completes with all its tokens.
+    """
+    import time
+
+    body = {"model": "tiny-gpt2", "prompt": "Hi", "max_tokens": 150, "ignore_eos": True}
+
+    def one(_: int) -> tuple[int, dict, dict[str, str], float]:
+        started = time.monotonic()
+        with httpx.Client(base_url=base_url, timeout=120) as client:
+            response = client.post("/v1/completions", json=body)
+        return response.status_code, response.json(), dict(response.headers), time.monotonic() - started
+
+    with ThreadPoolExecutor(12) as pool:
+        results = list(pool.map(one, range(12)))
+    accepted = [r for r in results if r[0] == 200]
+    refused = [r for r in results if r[0] != 200]
+    assert refused, "twelve requests fit a model that holds six"
+    assert 2 <= len(accepted) <= 6 + 2  # NOTE: a request that finished early frees a place for another
+    for _, payload, _, _ in accepted:
+        assert payload["usage"]["completion_tokens"] == 150, "an accepted request lost tokens"
+    slowest_accepted = max(r[3] for r in accepted)
+    for status, payload, headers, elapsed in refused:
+        assert status == 503
+        assert payload["error"]["code"] == "overloaded" and "queue" in payload["error"]["message"]
+        assert int(headers["retry-after"]) >= 1
+        assert elapsed < slowest_accepted, "a refusal came after the work it was refused for"

@@ -226,3 +226,45 @@ def test_newcomer_joins_a_running_batch_without_disturbing_it(engine, reference)
     assert long_ids == long_solo
     # one prefill, one join, then one step per token of the long sequence: no extra batch
     assert eng.scheduler.steps - steps_before == 150 + 1
+
+
+def test_kv_cache_budget_queues_sequences_until_their_cache_fits(chat_model_path: Path, reference):
+    """A budget of 100 token slots holds two 45-token sequences, not three: the rest wait, none fail."""
+    tokenizer, _ = reference
+    per_token = 2 * 4 * 2 * 32 * 4  # K and V, 4 layers, 2 KV heads of 32 dims, fp32
+    spec = ModelSpec.model_validate(
+        {
+            "id": "kv",
+            "source": {"demo": "tiny-llama-chat"},
+            "batching": {"max_batch_size": 8, "batch_wait_ms": 50, "kv_cache_bytes": 100 * per_token},
+        }
+    )
+    eng = DeepSpeedEngine(spec, chat_model_path)
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(eng.start())
+    try:
+        assert eng.info.max_context_length == 100, "a cache of 100 slots cannot serve a longer context"
+        prompt = tokenizer.encode("Hello")
+        assert len(prompt) <= 5
+        solo, _ = loop.run_until_complete(
+            _tokens(eng, prompt, max_tokens=45 - len(prompt), temperature=0.0, ignore_eos=True)
+        )
+
+        async def five() -> list[list[int]]:
+            runs = [
+                _tokens(eng, prompt, max_tokens=45 - len(prompt), temperature=0.0, ignore_eos=True)
+                for _ in range(5)
+            ]
+            return [ids for ids, _ in await asyncio.gather(*runs)]
+
+        outputs = loop.run_until_complete(five())
+        health = eng.health()
+        assert outputs == [solo] * 5, "every queued sequence completes, with the same tokens"
+        assert health.kv_capacity_tokens == 100
+        assert health.peak_batch == 2, "two sequences fit the budget at once"
+        assert 0 < health.kv_peak_tokens <= 100, "the cache never held more than its budget"
+        assert health.kv_deferred >= 1
+        assert health.running == 0 and health.waiting == 0
+    finally:
+        loop.run_until_complete(eng.shutdown())
+        loop.close()

@@ -12,7 +12,7 @@ import asyncio
 import json
 import random
 import time
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 from pydantic import BaseModel, Field
@@ -67,6 +67,69 @@ class BenchConfig(BaseConfig):
     output_tokens: tuple[int, int] = Field(default=(32, 128), description="max_tokens range (ignore_eos).")
     seed: int = 0
     timeout_s: float = Field(default=600.0, gt=0)
+
+    def target(self) -> Target:
+        return Target(name="llmaas", url=self.url, model=self.model)
+
+
+class Target(BaseConfig):
+    """Where and how requests go: the platform, or one of the baselines it is measured against."""
+
+    name: str
+    url: str
+    model: str = Field(description="What the request's 'model' field holds.")
+    path: str = "/v1/completions"
+    stream: bool = Field(default=True, description="SSE streaming (TTFT measured) or one JSON response.")
+    chat: bool = Field(default=False, description="Send 'messages' (chat completions) instead of 'prompt'.")
+    extra_body: dict[str, Any] = Field(default_factory=dict, description="Fields added to every request.")
+    style: Literal["openai", "hf-serve"] = Field(
+        default="openai", description="'hf-serve': transformers serve's body (no ignore_eos)."
+    )
+
+
+class Work(BaseModel):
+    """One request of the workload, whatever the target's wire format."""
+
+    prompt: str
+    max_tokens: int
+
+
+def make_workload(config: BenchConfig, count: int, rng: random.Random) -> list[Work]:
+    work = []
+    for _ in range(count):
+        words = rng.randint(*config.prompt_words)
+        work.append(
+            Work(
+                prompt=" ".join(rng.choice(WORDS) for _ in range(words)),
+                max_tokens=rng.randint(*config.output_tokens),
+            )
+        )
+    return work
+
+
+def body_for(target: Target, work: Work) -> dict[str, Any]:
+    if target.style == "hf-serve":
+        from llmaas.bench.hf_serve import hf_serve_body
+
+        return hf_serve_body(target.model, work.prompt, work.max_tokens, stream=target.stream)
+    body: dict[str, Any] = {"model": target.model, "max_tokens": work.max_tokens, "temperature": 0}
+    if target.chat:
+        body["messages"] = [{"role": "user", "content": work.prompt}]
+    else:
+        body["prompt"] = work.prompt
+        body["ignore_eos"] = True
+    if target.stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    else:
+        body["stream"] = False
+    return {**body, **target.extra_body}
+
+
+def make_requests(config: BenchConfig, count: int, rng: random.Random) -> list[dict[str, Any]]:
+    """The platform's request bodies for ``count`` seeded draws of the workload."""
+    target = config.target()
+    return [body_for(target, work) for work in make_workload(config, count, rng)]
 
 
 class RequestResult(BaseModel):
@@ -134,57 +197,40 @@ def summarize(mode: str, level: float, results: list[RequestResult], duration_s:
     )
 
 
-def make_requests(config: BenchConfig, count: int, rng: random.Random) -> list[dict[str, Any]]:
-    bodies = []
-    for _ in range(count):
-        words = rng.randint(*config.prompt_words)
-        bodies.append(
-            {
-                "model": config.model,
-                "prompt": " ".join(rng.choice(WORDS) for _ in range(words)),
-                "max_tokens": rng.randint(*config.output_tokens),
-                "temperature": 0,
-                "ignore_eos": True,
-                "stream": True,
-                "stream_options": {"include_usage": True},
-            }
-        )
-    return bodies
+def _has_text(event: dict[str, Any]) -> bool:
+    for choice in event.get("choices", []):
+        if choice.get("text") or (choice.get("delta") or {}).get("content"):
+            return True
+    return False
 
 
-async def one_request(client: httpx.AsyncClient, body: dict[str, Any]) -> RequestResult:
+async def one_request(client: httpx.AsyncClient, target: Target, work: Work) -> RequestResult:
     started = time.perf_counter()
     ttft: float | None = None
     usage: dict[str, Any] = {}
+
+    def failed(status: int, error: str) -> RequestResult:
+        return RequestResult(ok=False, status=status, e2e_s=time.perf_counter() - started, error=error[:300])
+
     try:
-        async with client.stream("POST", "/v1/completions", json=body) as response:
+        async with client.stream("POST", target.url + target.path, json=body_for(target, work)) as response:
             if response.status_code != 200:
-                text = (await response.aread()).decode(errors="replace")
-                return RequestResult(
-                    ok=False,
-                    status=response.status_code,
-                    e2e_s=time.perf_counter() - started,
-                    error=text[:300],
-                )
-            async for line in response.aiter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                event = json.loads(line[6:])
-                if "error" in event:
-                    return RequestResult(
-                        ok=False,
-                        status=200,
-                        e2e_s=time.perf_counter() - started,
-                        error=str(event["error"])[:300],
-                    )
-                if ttft is None and any(c.get("text") for c in event.get("choices", [])):
-                    ttft = time.perf_counter() - started
-                if event.get("usage"):
-                    usage = event["usage"]
+                return failed(response.status_code, (await response.aread()).decode(errors="replace"))
+            if not target.stream:
+                usage = json.loads(await response.aread()).get("usage") or {}
+            else:
+                async for line in response.aiter_lines():
+                    if not line.startswith("data: ") or line == "data: [DONE]":
+                        continue
+                    event = json.loads(line[6:])
+                    if "error" in event:
+                        return failed(200, str(event["error"]))
+                    if ttft is None and _has_text(event):
+                        ttft = time.perf_counter() - started
+                    if event.get("usage"):
+                        usage = event["usage"]
     except httpx.HTTPError as exc:
-        return RequestResult(
-            ok=False, status=0, e2e_s=time.perf_counter() - started, error=f"{type(exc).__name__}: {exc}"
-        )
+        return failed(0, f"{type(exc).__name__}: {exc}")
     return RequestResult(
         ok=True,
         status=200,
@@ -196,43 +242,51 @@ async def one_request(client: httpx.AsyncClient, body: dict[str, Any]) -> Reques
 
 
 async def closed_loop(
-    client: httpx.AsyncClient, bodies: list[dict[str, Any]], concurrency: int
+    client: httpx.AsyncClient, target: Target, work: list[Work], concurrency: int
 ) -> list[RequestResult]:
-    queue = list(reversed(bodies))
+    queue = list(reversed(work))
     results: list[RequestResult] = []
 
     async def worker() -> None:
         while queue:
-            results.append(await one_request(client, queue.pop()))
+            results.append(await one_request(client, target, queue.pop()))
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return results
 
 
 async def fixed_rate(
-    client: httpx.AsyncClient, bodies: list[dict[str, Any]], rate: float, rng: random.Random
+    client: httpx.AsyncClient, target: Target, work: list[Work], rate: float, rng: random.Random
 ) -> list[RequestResult]:
     tasks = []
-    for body in bodies:
-        tasks.append(asyncio.create_task(one_request(client, body)))
+    for item in work:
+        tasks.append(asyncio.create_task(one_request(client, target, item)))
         await asyncio.sleep(rng.expovariate(rate))
     return list(await asyncio.gather(*tasks))
 
 
-async def run_bench(config: BenchConfig) -> list[LevelReport]:
-    rng = random.Random(config.seed)
+def level_sizes(config: BenchConfig, level: int) -> int:
+    """Requests sent at one closed-loop level: enough for every stream to send two."""
+    return max(config.requests_per_level, 2 * level)
+
+
+async def run_bench(config: BenchConfig, target: Target | None = None) -> list[LevelReport]:
+    """The sweep against ``target`` (the platform at ``config.url`` by default)."""
+    target = target or config.target()
     limits = httpx.Limits(max_connections=max([*config.concurrency, 1]) + 16, max_keepalive_connections=64)
     reports: list[LevelReport] = []
-    async with httpx.AsyncClient(base_url=config.url, timeout=config.timeout_s, limits=limits) as client:
-        await one_request(client, make_requests(config, 1, rng)[0])  # warm-up
+    async with httpx.AsyncClient(timeout=config.timeout_s, limits=limits) as client:
+        await one_request(client, target, make_workload(config, 1, random.Random(-1))[0])  # warm-up
         for level in config.concurrency:
-            bodies = make_requests(config, max(config.requests_per_level, level), rng)
+            # NOTE: each level draws from its own seed, so every target gets the same requests there.
+            work = make_workload(config, level_sizes(config, level), random.Random(f"{config.seed}-c{level}"))
             started = time.perf_counter()
-            results = await closed_loop(client, bodies, level)
+            results = await closed_loop(client, target, work, level)
             reports.append(summarize("concurrency", level, results, time.perf_counter() - started))
         for rate in config.rate:
-            bodies = make_requests(config, config.requests_per_level, rng)
+            rng = random.Random(f"{config.seed}-r{rate}")
+            work = make_workload(config, config.requests_per_level, rng)
             started = time.perf_counter()
-            results = await fixed_rate(client, bodies, rate, rng)
+            results = await fixed_rate(client, target, work, rate, rng)
             reports.append(summarize("rate", rate, results, time.perf_counter() - started))
     return reports

@@ -1,27 +1,20 @@
-"""Benchmark output: a JSON report and a PNG plot (throughput and latency per load level)."""
+"""Benchmark output: the run's JSON report and a PNG plot (every target against concurrency)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from llmaas.bench.loadgen import BenchConfig, LevelReport
-
-
-def write_json(
-    path: Path, config: BenchConfig, reports: list[LevelReport], extra: dict[str, Any] | None = None
-) -> None:
-    payload = {
-        "config": config.model_dump(mode="json"),
-        "levels": [r.model_dump() for r in reports],
-        **(extra or {}),
-    }
-    path.write_text(json.dumps(payload, indent=2))
+if TYPE_CHECKING:
+    from llmaas.bench.suite import SuiteReport
 
 
-def write_plot(path: Path, reports: list[LevelReport], title: str) -> bool:
-    """Throughput, TTFT and TPOT against concurrency; False when matplotlib is not installed."""
+def write_suite_json(path: Path, report: SuiteReport) -> None:
+    path.write_text(report.model_dump_json(indent=2))
+
+
+def write_suite_plot(path: Path, report: SuiteReport) -> bool:
+    """Output tok/s, TTFT p50 and e2e p50 per target; False when matplotlib is not installed."""
     try:
         import matplotlib
 
@@ -29,20 +22,37 @@ def write_plot(path: Path, reports: list[LevelReport], title: str) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    closed = [r for r in reports if r.mode == "concurrency"]
-    if not closed:
+    series = {
+        name: [r for r in levels if r.mode == "concurrency" and r.requests > r.errors]
+        for name, levels in report.results.items()
+    }
+    series = {name: levels for name, levels in series.items() if levels}
+    if not series:
         return False
-    levels = [r.level for r in closed]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    axes[0].plot(levels, [r.output_tok_s for r in closed], marker="o")
-    axes[0].set(title="output tokens/s", xlabel="concurrent streams", xscale="log")
-    for name, key in (("TTFT", "ttft"), ("TPOT", "tpot")):
-        ax = axes[1] if name == "TTFT" else axes[2]
-        ax.plot(levels, [getattr(r, f"{key}_p50_ms") or 0 for r in closed], marker="o", label="p50")
-        ax.plot(levels, [getattr(r, f"{key}_p99_ms") or 0 for r in closed], marker="x", label="p99")
-        ax.set(title=f"{name} (ms)", xlabel="concurrent streams", xscale="log")
-        ax.legend()
-    fig.suptitle(title)
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.5))
+    panels = (
+        ("output tokens/s (higher is better)", "output_tok_s"),
+        ("TTFT p50, ms (streaming targets)", "ttft_p50_ms"),
+        ("end-to-end p50, ms", "e2e_p50_ms"),
+    )
+    for ax, (title, key) in zip(axes, panels, strict=True):
+        for name, levels in series.items():
+            points = [(r.level, getattr(r, key)) for r in levels if getattr(r, key) is not None]
+            if points:
+                ax.plot(*zip(*points, strict=True), marker="o", label=name)
+        ax.set(title=title, xlabel="concurrent streams", xscale="log")
+        ax.grid(alpha=0.3)
+    if report.limit:
+        axes[0].axhline(
+            report.limit.best_tok_s,
+            linestyle="--",
+            color="gray",
+            label=f"in-process limit (static batch {report.limit.best_batch_size})",
+        )
+    axes[0].legend(fontsize=8)
+    axes[1].set_yscale("log")
+    axes[2].set_yscale("log")
+    fig.suptitle(f"llmaas bench: {report.model} on {report.machine.get('cpus')} CPUs")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

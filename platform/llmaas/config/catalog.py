@@ -12,13 +12,13 @@ from enum import Enum
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import ByteSize, Field, field_validator, model_validator
 
 from llmaas.config.base import BaseConfig
 
 MODEL_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 
-DemoModelName = Literal["tiny-llama-chat", "tiny-gpt2", "all-minilm-l6-v2"]
+DemoModelName = Literal["tiny-llama-chat", "tiny-gpt2", "bench-llama", "all-minilm-l6-v2"]
 DType = Literal["auto", "float32", "float16", "bfloat16"]
 
 
@@ -74,6 +74,22 @@ class BatchingConfig(BaseConfig):
     )
     batch_wait_ms: float = Field(
         default=2.0, ge=0.0, le=1000.0, description="How long a new batch waits for more requests to join."
+    )
+    stream_interval: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description=(
+            "Tokens per streamed message after the first (which is sent at once). Above 1, fewer"
+            " messages cross Serve and SSE under load, at the cost of burstier streams."
+        ),
+    )
+    kv_cache_bytes: ByteSize | None = Field(
+        default=None,
+        description=(
+            "KV cache budget per replica (per rank under TP), e.g. '2GiB'. Sequences wait until"
+            " their cache fits; unset means max_batch_size sequences of full context."
+        ),
     )
     max_queued_requests: int = Field(
         default=256,

@@ -25,6 +25,7 @@ import torch
 from llmaas.config.catalog import ModelSpec
 from llmaas.engine.detokenizer import Decoder, IncrementalDetokenizer
 from llmaas.engine.errors import EngineNotReady
+from llmaas.engine.kv_budget import KVBudget
 from llmaas.engine.runner import ModelRunner, StepInput
 from llmaas.engine.sampling import make_generator, sample
 from llmaas.engine.types import FinishReason, GenerationChunk, GenerationRequest
@@ -49,6 +50,11 @@ class Sequence:
     @property
     def prompt_len(self) -> int:
         return len(self.request.prompt_token_ids)
+
+    @property
+    def final_len(self) -> int:
+        """Cache slots the sequence holds when it ends (the admission reserve)."""
+        return self.prompt_len + self.max_new_tokens
 
     def emit(self, chunk: GenerationChunk) -> None:
         try:
@@ -99,6 +105,7 @@ class BatchScheduler:
         eos_token_ids: set[int],
         max_context_length: int,
         pad_token_id: int = 0,
+        kv_budget: KVBudget | None = None,
     ) -> None:
         self.spec = spec
         self.runner = runner
@@ -106,6 +113,7 @@ class BatchScheduler:
         self.eos_token_ids = eos_token_ids
         self.max_context_length = max_context_length
         self.pad_token_id = pad_token_id
+        self.kv_budget = kv_budget or KVBudget(spec.batching.max_batch_size * max_context_length, 0)
         self._waiting: queue.Queue[Sequence] = queue.Queue()
         self._running = 0
         self._stop = threading.Event()
@@ -113,6 +121,9 @@ class BatchScheduler:
         self.last_error: str | None = None
         self.steps = 0
         self.peak_batch = 0
+        self.kv_used_tokens = 0
+        self.kv_peak_tokens = 0
+        self.kv_limited = 0  # admissions deferred because the KV cache was full
         self._deferred: Sequence | None = None
 
     # ---- event-loop side -------------------------------------------------------------
@@ -130,7 +141,7 @@ class BatchScheduler:
 
     @property
     def num_waiting(self) -> int:
-        return self._waiting.qsize()
+        return self._waiting.qsize() + (self._deferred is not None)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         if not self.alive:
@@ -146,14 +157,22 @@ class BatchScheduler:
             generator=make_generator(params),
         )
         self._waiting.put(seq)
+        interval = self.spec.batching.stream_interval
+        first = True
         try:
             while True:
                 chunk = await seq.out.get()
-                # NOTE: a slow reader gets what piled up as one chunk, so per-message costs
-                # (Serve streaming, SSE) scale with reads, not with tokens.
-                while chunk.finish_reason is None and (not request.stream or not seq.out.empty()):
+                # NOTE: a slow reader gets what piled up as one chunk, and after the first token a
+                # message carries ``stream_interval`` tokens, so per-message costs (Serve
+                # streaming, SSE) scale with messages, not with tokens.
+                while chunk.finish_reason is None and (
+                    not request.stream
+                    or not seq.out.empty()
+                    or (not first and len(chunk.token_ids) < interval)
+                ):
                     chunk = merge_chunks(chunk, await seq.out.get())
                 yield chunk
+                first = False
                 if chunk.finish_reason is not None:
                     return
         finally:
@@ -184,6 +203,8 @@ class BatchScheduler:
                         self._finish(seq, FinishReason.ABORT, error=f"generation failed: {self.last_error}")
                 batch = _Batch()
             self._running = batch.num_alive
+            self.kv_used_tokens = 0 if batch.mask is None or not batch.rows else batch.mask.numel()
+            self.kv_peak_tokens = max(self.kv_peak_tokens, self.kv_used_tokens)
 
     def _next_waiting(self, timeout: float) -> Sequence | None:
         if self._deferred is not None:
@@ -195,39 +216,51 @@ class BatchScheduler:
             return None
 
     def _admit(self, batch: _Batch) -> list[Sequence]:
-        """Waiting sequences that join the batch before the next step, within the prefill budget.
+        """Waiting sequences that join the batch before the next step, in arrival order.
 
-        NOTE: prefill runs between decode steps, so the stall it causes running sequences is
-        bounded by ``max_batch_tokens`` (padded prompt tokens per step). An idle engine waits
-        ``batch_wait_ms`` for company; a busy one takes only what is already waiting.
+        A newcomer joins while the batch has a free row, the KV cache can hold every row to
+        its end (``KVBudget``), and the padded prompts of this step stay within
+        ``max_batch_tokens``. NOTE: prefill runs between decode steps, so that budget bounds
+        the stall it causes running sequences. An idle engine waits ``batch_wait_ms`` for
+        company; a busy one takes only what is already waiting. The first sequence that does
+        not fit stops admission (no overtaking), so a long request cannot starve.
         """
         limits = self.spec.batching
-        free = limits.max_batch_size - batch.num_alive
-        if free <= 0 or (batch.num_alive and not self.runner.supports_join):
+        running = [s for s, a in zip(batch.rows, batch.alive, strict=True) if a and not s.cancelled]
+        free = limits.max_batch_size - len(running)
+        if free <= 0 or (running and not self.runner.supports_join):
             return []
-        idle = batch.num_alive == 0
+        idle = not running
+        # NOTE: rows that just finished stay in the cache until the next decode step drops
+        # them, so they count against the budget at their current width.
+        held = len(batch.rows) if running else 0
+        width = batch.mask.shape[1] if running and batch.mask is not None else 0
+        reserve = max([width, *(s.final_len for s in running)])
         new: list[Sequence] = []
-        if idle:
-            first = self._next_waiting(0.05)
-            if first is None:
-                return []
-            new.append(first)
-        deadline = time.monotonic() + (limits.batch_wait_ms / 1000.0 if idle else 0.0)
-        longest = max((s.prompt_len for s in new), default=0)
+        longest = 0
+        deadline = time.monotonic()
         while len(new) < free:
-            seq = self._next_waiting(deadline - time.monotonic())
+            wait = 0.05 if idle and not new else deadline - time.monotonic()
+            seq = self._next_waiting(wait)
             if seq is None:
                 break
-            if new and max(longest, seq.prompt_len) * (len(new) + 1) > limits.max_batch_tokens:
-                self._deferred = seq  # first in line for the next step
-                break
-            new.append(seq)
-            longest = max(longest, seq.prompt_len)
-        live = []
-        for seq in new:
             if seq.cancelled:
                 seq.done = True
-            elif seq.max_new_tokens == 0:
+                continue
+            too_many_tokens = new and max(longest, seq.prompt_len) * (len(new) + 1) > limits.max_batch_tokens
+            over_budget = not self.kv_budget.fits(held + len(new) + 1, max(reserve, seq.final_len))
+            if too_many_tokens or (over_budget and (running or new)):
+                self._deferred = seq  # first in line for the next step
+                self.kv_limited += int(bool(over_budget))
+                break
+            if idle and not new:  # an idle engine waits for company from its first arrival on
+                deadline = time.monotonic() + limits.batch_wait_ms / 1000.0
+            new.append(seq)
+            longest = max(longest, seq.prompt_len)
+            reserve = max(reserve, seq.final_len)
+        live = []
+        for seq in new:
+            if seq.max_new_tokens == 0:
                 self._finish(seq, FinishReason.LENGTH)
             else:
                 live.append(seq)

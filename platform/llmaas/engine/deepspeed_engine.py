@@ -12,6 +12,7 @@ from typing import Any
 from llmaas.config.catalog import ModelSpec
 from llmaas.engine.batcher import BatchScheduler
 from llmaas.engine.errors import EngineNotReady
+from llmaas.engine.kv_budget import KVBudget
 from llmaas.engine.protocol import Engine
 from llmaas.engine.runner import ModelRunner, PeerGroup
 from llmaas.engine.types import EngineHealth, GenerationChunk, GenerationRequest, ModelInfo
@@ -56,6 +57,16 @@ class DeepSpeedEngine(Engine):
         config = self.runner.model_config
         limit = model_context_length(config)
         context = min(self.spec.max_context_length or limit, limit)
+        budget = KVBudget.for_model(self.spec, config, self.runner.dtype, context)
+        if budget.capacity_tokens < context:
+            logger.warning(
+                "model %s: kv_cache_bytes holds %d tokens, so its context is cut from %d to %d",
+                self.spec.id,
+                budget.capacity_tokens,
+                context,
+                budget.capacity_tokens,
+            )
+            context = budget.capacity_tokens
         eos: set[int] = set()
         for source in (getattr(self.runner.local.model, "generation_config", None), config, tokenizer):
             value = getattr(source, "eos_token_id", None)
@@ -71,6 +82,7 @@ class DeepSpeedEngine(Engine):
             eos_token_ids=eos,
             max_context_length=context,
             pad_token_id=int(pad),
+            kv_budget=budget,
         )
         self._info = ModelInfo(
             model_id=self.spec.id,
@@ -105,6 +117,10 @@ class DeepSpeedEngine(Engine):
             waiting=scheduler.num_waiting,
             steps=scheduler.steps,
             peak_batch=scheduler.peak_batch,
+            kv_capacity_tokens=scheduler.kv_budget.capacity_tokens,
+            kv_used_tokens=scheduler.kv_used_tokens,
+            kv_peak_tokens=scheduler.kv_peak_tokens,
+            kv_deferred=scheduler.kv_limited,
         )
 
     async def shutdown(self) -> None:

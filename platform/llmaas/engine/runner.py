@@ -21,6 +21,7 @@ from typing import Any, Literal, Protocol
 import torch
 
 from llmaas.config.catalog import ModelSpec
+from llmaas.engine.kv_slab import SlabLayer, slab_cache
 
 logger = logging.getLogger(__name__)
 
@@ -133,9 +134,14 @@ class ShardRunner:
                 self.cache.batch_select_indices(torch.tensor(step.keep_rows, device=self.device))
             if step.trim_left:
                 for layer in self.cache.layers:
-                    layer.keys = layer.keys[:, :, step.trim_left :, :]
-                    layer.values = layer.values[:, :, step.trim_left :, :]
+                    if isinstance(layer, SlabLayer):
+                        layer.trim_left(step.trim_left)
+                    else:
+                        layer.keys = layer.keys[:, :, step.trim_left :, :]
+                        layer.values = layer.values[:, :, step.trim_left :, :]
             target = self.cache
+        elif step.kind == "prefill" and self.supports_join:
+            target = slab_cache(self.model.config)
         else:
             target = DynamicCache(config=self.model.config)
         out = self.model(
@@ -157,8 +163,8 @@ class ShardRunner:
     def release(self) -> None:
         self.cache = None
 
-    @property
-    def supports_join(self) -> bool:
+    @functools.cached_property
+    def supports_join(self) -> bool:  # NOTE: also what lets the running batch use SlabLayer
         """Whether running caches can be merged (plain per-layer K/V tensors, no sliding windows)."""
         from transformers import DynamicCache
 
@@ -224,6 +230,10 @@ class ModelRunner:
     @property
     def model_config(self) -> Any:
         return self.local.model.config
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return TORCH_DTYPES[self.local.spec.torch_dtype_name]
 
     @functools.cached_property
     def supports_join(self) -> bool:

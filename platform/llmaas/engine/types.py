@@ -74,3 +74,7 @@ class EngineHealth(BaseModel):
     waiting: int = 0
     steps: int = 0  # forward steps run since start
     peak_batch: int = 0  # most sequences ever decoded together
+    kv_capacity_tokens: int = 0  # token slots the KV cache budget holds
+    kv_used_tokens: int = 0  # slots the running batch holds now (rows x padded width)
+    kv_peak_tokens: int = 0  # most slots ever held
+    kv_deferred: int = 0  # admissions that waited because the KV cache was full

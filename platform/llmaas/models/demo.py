@@ -51,6 +51,18 @@ RECIPES: dict[str, DemoRecipe] = {
         context=512,
         train_steps=400,
     ),
+    # NOTE: untrained (random weights): a model big enough that compute, not per-token
+    # overhead, sets the pace on a CPU, for throughput benchmarks.
+    "bench-llama": DemoRecipe(
+        "bench-llama",
+        "llama",
+        hidden_size=512,
+        layers=8,
+        heads=8,
+        kv_heads=4,
+        context=2048,
+        train_steps=0,
+    ),
     "tiny-gpt2": DemoRecipe(
         "tiny-gpt2", "gpt2", hidden_size=128, layers=2, heads=4, kv_heads=4, context=512, train_steps=0
     ),

@@ -1,0 +1,251 @@
+"""The benchmark run: the platform's sweep, then the baselines on the same model, workload and machine.
+
+One after another (never two at once, so none steals the others' cores):
+
+- ``llmaas``: the platform over HTTP (closed-loop levels, then fixed-rate levels).
+- ``limit``: the in-process limit, the best static-batch ``generate`` tokens/s (no serving).
+- ``engine``: llmaas's engine driven in-process at the same levels (what the serving stack costs).
+- ``naive``: one transformers pipeline call per HTTP request, as tutorials show.
+- ``serve-batch``: Ray Serve with ``@serve.batch`` static batching around ``generate``.
+- ``hf-serve``: Hugging Face's own OpenAI-compatible server, ``transformers serve``.
+
+A baseline that cannot run here is recorded with the reason, not silently dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform as host_platform
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, Field
+
+from llmaas.bench.inprocess import StaticLimit, engine_sweep, static_limit
+from llmaas.bench.loadgen import BenchConfig, LevelReport, Target, run_bench
+from llmaas.config.catalog import ModelSpec
+
+Baseline = Literal["limit", "engine", "naive", "serve-batch", "hf-serve"]
+ALL_BASELINES: tuple[Baseline, ...] = ("limit", "engine", "naive", "serve-batch", "hf-serve")
+
+
+class Summary(BaseModel):
+    """The issue's targets, as ratios from this one run."""
+
+    saturation_tok_s: float | None = None  # the platform's best closed-loop level
+    saturation_vs_limit: float | None = None  # target >= 0.9
+    saturation_vs_engine: float | None = None  # the serving stack's share of the engine's best
+    at_level: int | None = None  # the comparison level (32 when it was run)
+    vs_naive: float | None = None  # target >= 10
+    vs_best_batching_baseline: float | None = None  # target >= 1.5 (serve-batch, hf-serve)
+    ttft_c1_p50_ms: float | None = None
+    prefill_p50_ms: float | None = None
+    ttft_c1_above_prefill_ms: float | None = None  # target <= 10
+
+
+class SuiteReport(BaseModel):
+    model: str
+    model_dir: str
+    machine: dict[str, str]
+    config: BenchConfig
+    baseline_concurrency: list[int]
+    results: dict[str, list[LevelReport]] = Field(default_factory=dict)
+    limit: StaticLimit | None = None
+    skipped: dict[str, str] = Field(default_factory=dict)
+    durations_s: dict[str, float] = Field(default_factory=dict)
+    summary: Summary = Field(default_factory=Summary)
+
+
+def machine() -> dict[str, str]:
+    return {
+        "cpus": str(os.cpu_count()),
+        "processor": host_platform.processor() or host_platform.machine(),
+        "torch": torch.__version__,
+        "torch_threads": str(torch.get_num_threads()),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _levels(config: BenchConfig, levels: list[int]) -> BenchConfig:
+    return config.model_copy(update={"concurrency": levels, "rate": []})
+
+
+def _sweep_process(
+    name: str,
+    start: Callable[[int, Path], subprocess.Popen[bytes]],
+    target: Callable[[str], Target],
+    config: BenchConfig,
+) -> list[LevelReport]:
+    """Start a baseline server in a subprocess, sweep it, stop it."""
+    from llmaas.bench.servers import default_log_path, stop_server, wait_ready
+
+    port = free_port()
+    log = default_log_path(name, port)
+    process = start(port, log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, timeout_s=300, process=process, log_path=log)
+        return asyncio.run(run_bench(config, target(url)))
+    finally:
+        stop_server(process)
+
+
+def run_naive(model_dir: Path, spec: ModelSpec, config: BenchConfig) -> list[LevelReport]:
+    from llmaas.bench.servers import start_naive_server
+
+    return _sweep_process(
+        "naive",
+        lambda port, log: start_naive_server(
+            model_dir, port, torch_threads=spec.resources.threads, log_path=log
+        ),
+        lambda url: Target(name="naive", url=url, model=spec.id, stream=False),
+        config,
+    )
+
+
+def run_hf_serve(model_dir: Path, spec: ModelSpec, config: BenchConfig) -> list[LevelReport]:
+    from llmaas.bench.hf_serve import start_hf_serve
+
+    # NOTE: its best mode (continuous batching), non-streaming (its faster wire format).
+    return _sweep_process(
+        "hf-serve",
+        lambda port, log: start_hf_serve(
+            model_dir, port, True, torch_threads=spec.resources.threads, log_path=log
+        ),
+        lambda url: Target(name="hf-serve", url=url, model=str(model_dir), stream=False, style="hf-serve"),
+        config,
+    )
+
+
+def run_serve_batch(model_dir: Path, spec: ModelSpec, config: BenchConfig) -> list[LevelReport]:
+    """Deploys next to the platform in the same Ray cluster and Serve proxy, then removes itself."""
+    from ray import serve
+
+    from llmaas.bench.serve_batch import build_serve_batch_app
+    from llmaas.launch import wait_running
+
+    name, prefix = "baseline-serve-batch", "/baseline-serve-batch"
+    app = build_serve_batch_app(
+        str(model_dir),
+        max_batch_size=spec.batching.max_batch_size,
+        num_cpus=spec.resources.num_cpus,
+        torch_threads=spec.resources.threads,
+    )
+    serve.run(app, name=name, route_prefix=prefix, blocking=False)
+    try:
+        wait_running(name, timeout_s=300)
+        target = Target(name="serve-batch", url=config.url + prefix, model=spec.id, stream=False)
+        return asyncio.run(run_bench(config, target))
+    finally:
+        serve.delete(name)
+
+
+def summarize_suite(report: SuiteReport) -> Summary:
+    ours = [r for r in report.results.get("llmaas", []) if r.mode == "concurrency"]
+    summary = Summary()
+    if not ours:
+        return summary
+    best = max(r.output_tok_s for r in ours)
+    summary.saturation_tok_s = best
+    if report.limit:
+        summary.saturation_vs_limit = round(best / report.limit.best_tok_s, 3)
+        summary.prefill_p50_ms = report.limit.prefill_ms_p50
+    engine = [r.output_tok_s for r in report.results.get("engine", []) if r.mode == "concurrency"]
+    if engine:
+        summary.saturation_vs_engine = round(best / max(engine), 3)
+
+    def at(name: str, level: int) -> float | None:
+        for r in report.results.get(name, []):
+            if r.mode == "concurrency" and r.level == level and r.errors == 0:
+                return r.output_tok_s
+        return None
+
+    level = 32 if at("llmaas", 32) is not None else int(max(r.level for r in ours))
+    summary.at_level = level
+    mine = at("llmaas", level)
+    naive = at("naive", level)
+    if mine and naive:
+        summary.vs_naive = round(mine / naive, 2)
+    batching = [v for v in (at("serve-batch", level), at("hf-serve", level)) if v]
+    if mine and batching:
+        summary.vs_best_batching_baseline = round(mine / max(batching), 2)
+    c1 = next((r for r in ours if r.level == 1), None)
+    if c1 and c1.ttft_p50_ms is not None:
+        summary.ttft_c1_p50_ms = c1.ttft_p50_ms
+        if summary.prefill_p50_ms is not None:
+            summary.ttft_c1_above_prefill_ms = round(c1.ttft_p50_ms - summary.prefill_p50_ms, 3)
+    return summary
+
+
+def run_suite(
+    config: BenchConfig,
+    spec: ModelSpec | None,
+    model_dir: Path | None,
+    baselines: list[Baseline],
+    baseline_concurrency: list[int],
+    log: Callable[[str], None] = print,
+) -> SuiteReport:
+    if baselines and (spec is None or model_dir is None):
+        raise ValueError("the baselines need the model's catalog entry and directory")
+    report = SuiteReport(
+        model=config.model,
+        model_dir=str(model_dir or ""),
+        machine=machine(),
+        config=config,
+        baseline_concurrency=baseline_concurrency,
+    )
+    steps: list[tuple[str, Callable[[], None]]] = [
+        ("llmaas", lambda: report.results.update(llmaas=asyncio.run(run_bench(config)))),
+    ]
+    if spec is not None and model_dir is not None:
+        steps += [
+            (name, _baseline_step(name, report, spec, model_dir, baseline_concurrency)) for name in baselines
+        ]
+    for name, step in steps:
+        _run_step(report, name, step, log)
+    report.summary = summarize_suite(report)
+    return report
+
+
+def _run_step(report: SuiteReport, name: str, step: Callable[[], None], log: Callable[[str], None]) -> None:
+    log(f"bench: {name} ...")
+    started = time.perf_counter()
+    try:
+        step()
+    except Exception as exc:  # a baseline that cannot run here is reported, not fatal
+        if name == "llmaas":
+            raise
+        report.skipped[name] = f"{type(exc).__name__}: {exc}"[:500]
+        log(f"bench: {name} skipped: {report.skipped[name]}")
+    report.durations_s[name] = round(time.perf_counter() - started, 1)
+
+
+def _baseline_step(
+    name: Baseline, report: SuiteReport, spec: ModelSpec, model_dir: Path, levels: list[int]
+) -> Callable[[], None]:
+    config = report.config
+    base = _levels(config, levels)
+    runners: dict[Baseline, Callable[[], None]] = {
+        "limit": lambda: setattr(
+            report, "limit", static_limit(model_dir, spec, config, sorted({1, *config.concurrency, 128}))
+        ),
+        "engine": lambda: report.results.update(
+            engine=engine_sweep(model_dir, spec, _levels(config, config.concurrency))
+        ),
+        "naive": lambda: report.results.update(naive=run_naive(model_dir, spec, base)),
+        "serve-batch": lambda: report.results.update({"serve-batch": run_serve_batch(model_dir, spec, base)}),
+        "hf-serve": lambda: report.results.update({"hf-serve": run_hf_serve(model_dir, spec, base)}),
+    }
+    return runners[name]

@@ -7,7 +7,8 @@ backpressure and availability errors to the engine's.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from ray.exceptions import RayActorError, RayTaskError
@@ -34,9 +35,10 @@ def translate(exc: BaseException) -> BaseException:
     return exc
 
 
-async def _await(awaitable: Awaitable[T]) -> T:
+async def _await(call: Callable[[], Awaitable[T]]) -> T:
+    """Make the handle call and await it; NOTE: ``.remote()`` itself may raise (backpressure)."""
     try:
-        return await awaitable
+        return await call()
     except Exception as exc:
         translated = translate(exc)
         if translated is exc:
@@ -50,7 +52,7 @@ class HandleTokenizer:
 
     async def encode(self, model_id: str, texts: list[str], add_special_tokens: bool) -> list[list[int]]:
         result: list[list[int]] = await _await(
-            self._handle.encode.remote(model_id, texts, add_special_tokens)
+            lambda: self._handle.encode.remote(model_id, texts, add_special_tokens)
         )
         return result
 
@@ -58,7 +60,7 @@ class HandleTokenizer:
         self, model_id: str, messages: list[dict[str, str]], add_generation_prompt: bool
     ) -> list[int]:
         result: list[int] = await _await(
-            self._handle.chat_template.remote(model_id, messages, add_generation_prompt)
+            lambda: self._handle.chat_template.remote(model_id, messages, add_generation_prompt)
         )
         return result
 
@@ -69,12 +71,13 @@ class HandleModel:
         self._stream = handle.options(stream=True)
 
     async def info(self) -> ModelInfo:
-        result: ModelInfo = await _await(self._handle.info.remote())
+        result: ModelInfo = await _await(lambda: self._handle.info.remote())
         return result
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
-        response: Any = self._stream.generate.remote(request)
+        response: Any = None
         try:
+            response = self._stream.generate.remote(request)  # NOTE: may raise (backpressure)
             async for chunk in response:
                 yield chunk
         except Exception as exc:
@@ -83,8 +86,12 @@ class HandleModel:
                 raise
             raise translated from exc
         finally:
-            response.cancel()  # no-op when finished; frees the replica's slot when the caller left
+            if response is not None:
+                # NOTE: cancel() fetches the call's outcome and re-raises its error (backpressure
+                # included), which would replace the translated one being raised.
+                with contextlib.suppress(Exception):
+                    response.cancel()  # no-op when finished; frees the replica's slot when the caller left
 
     async def embed(self, inputs: list[list[int]]) -> list[list[float]]:
-        result: list[list[float]] = await _await(self._handle.embed.remote(inputs))
+        result: list[list[float]] = await _await(lambda: self._handle.embed.remote(inputs))
         return result

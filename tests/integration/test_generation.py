@@ -310,7 +310,7 @@ def test_a_full_model_queues_then_refuses_and_loses_nothing(base_url):
         assert payload["usage"]["completion_tokens"] == 150, "an accepted request lost tokens"
     slowest_accepted = max(r[3] for r in accepted)
     for status, payload, headers, elapsed in refused:
-        assert status == 503
+        assert status == 503, payload
         assert payload["error"]["code"] == "overloaded" and "queue" in payload["error"]["message"]
         assert int(headers["retry-after"]) >= 1
         assert elapsed < slowest_accepted, "a refusal came after the work it was refused for"

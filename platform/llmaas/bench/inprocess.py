@@ -25,6 +25,7 @@ from pydantic import BaseModel
 
 from llmaas.bench.loadgen import BenchConfig, LevelReport, RequestResult, Work, level_sizes, make_workload
 from llmaas.bench.loadgen import summarize as summarize_level
+from llmaas.bench.servers import load_model
 from llmaas.config.catalog import ModelSpec
 from llmaas.engine.runner import TORCH_DTYPES
 
@@ -37,24 +38,12 @@ class StaticLimit(BaseModel):
     prefill_ms_p50: float  # one prompt alone: forward pass and first token
 
 
-def _load(model_dir: Path, spec: ModelSpec) -> tuple[Any, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer: Any = AutoTokenizer.from_pretrained(model_dir)
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    dtype = TORCH_DTYPES[spec.torch_dtype_name]
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).eval()
-    return tokenizer, model
-
-
 def static_limit(
     model_dir: Path, spec: ModelSpec, config: BenchConfig, batch_sizes: list[int]
 ) -> StaticLimit:
     # NOTE: the limit gets every core, whatever the catalog gives a replica.
     torch.set_num_threads(os.cpu_count() or 1)
-    tokenizer, model = _load(model_dir, spec)
+    tokenizer, model = load_model(model_dir, TORCH_DTYPES[spec.torch_dtype_name])
     work = make_workload(config, max(batch_sizes), random.Random(f"{config.seed}-static"))
     tokens = round(sum(config.output_tokens) / 2)  # the workload's mean output length
     rates: dict[int, float] = {}

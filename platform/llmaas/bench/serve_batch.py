@@ -34,7 +34,7 @@ from typing import Any
 from fastapi import FastAPI, HTTPException
 from ray import serve
 
-from llmaas.bench.servers import CompletionRequest, completion_response
+from llmaas.bench.servers import CompletionRequest, completion_response, load_model
 
 APP_NAME = "baseline-serve-batch"
 ROUTE_PREFIX = "/baseline-serve-batch"
@@ -50,18 +50,6 @@ class RowResult:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str
-
-
-def load_model(model_dir: str) -> tuple[Any, Any]:
-    """Tokenizer (left padding, pad = EOS when the model has none) and model (eval mode)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer: Any = AutoTokenizer.from_pretrained(model_dir)
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    return tokenizer, model
 
 
 def generate_batch(tokenizer: Any, model: Any, requests: list[CompletionRequest]) -> list[RowResult]:

@@ -51,6 +51,18 @@ def completion_response(
     }
 
 
+def load_model(model_dir: str | Path, dtype: Any = None) -> tuple[Any, Any]:
+    """Tokenizer (left padding, pad = EOS when the model has none) and model (eval mode)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer: Any = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).eval()
+    return tokenizer, model
+
+
 def offline_env(**extra: str) -> dict[str, str]:
     """This process's environment, with the Hugging Face Hub switched off (local directories only)."""
     env = dict(os.environ)

@@ -133,23 +133,22 @@ def run_serve_batch(model_dir: Path, spec: ModelSpec, config: BenchConfig) -> li
     """Deploys next to the platform in the same Ray cluster and Serve proxy, then removes itself."""
     from ray import serve
 
-    from llmaas.bench.serve_batch import build_serve_batch_app
+    from llmaas.bench.serve_batch import APP_NAME, ROUTE_PREFIX, build_serve_batch_app
     from llmaas.launch import wait_running
 
-    name, prefix = "baseline-serve-batch", "/baseline-serve-batch"
     app = build_serve_batch_app(
         str(model_dir),
         max_batch_size=spec.batching.max_batch_size,
         num_cpus=spec.resources.num_cpus,
         torch_threads=spec.resources.threads,
     )
-    serve.run(app, name=name, route_prefix=prefix, blocking=False)
+    serve.run(app, name=APP_NAME, route_prefix=ROUTE_PREFIX, blocking=False)
     try:
-        wait_running(name, timeout_s=300)
-        target = Target(name="serve-batch", url=config.url + prefix, model=spec.id, stream=False)
+        wait_running(APP_NAME, timeout_s=300)
+        target = Target(name="serve-batch", url=config.url + ROUTE_PREFIX, model=spec.id, stream=False)
         return asyncio.run(run_bench(config, target))
     finally:
-        serve.delete(name)
+        serve.delete(APP_NAME)
 
 
 def summarize_suite(report: SuiteReport) -> Summary:

@@ -104,8 +104,8 @@ class BatchScheduler:
         *,
         eos_token_ids: set[int],
         max_context_length: int,
+        kv_budget: KVBudget,
         pad_token_id: int = 0,
-        kv_budget: KVBudget | None = None,
     ) -> None:
         self.spec = spec
         self.runner = runner
@@ -113,7 +113,7 @@ class BatchScheduler:
         self.eos_token_ids = eos_token_ids
         self.max_context_length = max_context_length
         self.pad_token_id = pad_token_id
-        self.kv_budget = kv_budget or KVBudget(spec.batching.max_batch_size * max_context_length, 0)
+        self.kv_budget = kv_budget
         self._waiting: queue.Queue[Sequence] = queue.Queue()
         self._running = 0
         self._stop = threading.Event()
@@ -123,7 +123,7 @@ class BatchScheduler:
         self.peak_batch = 0
         self.kv_used_tokens = 0
         self.kv_peak_tokens = 0
-        self.kv_limited = 0  # admissions deferred because the KV cache was full
+        self.kv_deferred = 0  # admissions deferred because the KV cache was full
         self._deferred: Sequence | None = None
 
     # ---- event-loop side -------------------------------------------------------------
@@ -251,7 +251,7 @@ class BatchScheduler:
             over_budget = not self.kv_budget.fits(held + len(new) + 1, max(reserve, seq.final_len))
             if too_many_tokens or (over_budget and (running or new)):
                 self._deferred = seq  # first in line for the next step
-                self.kv_limited += int(bool(over_budget))
+                self.kv_deferred += int(bool(over_budget))
                 break
             if idle and not new:  # an idle engine waits for company from its first arrival on
                 deadline = time.monotonic() + limits.batch_wait_ms / 1000.0

@@ -13,19 +13,12 @@ from llmaas.config.catalog import ModelSpec
 from llmaas.engine.batcher import BatchScheduler
 from llmaas.engine.errors import EngineNotReady
 from llmaas.engine.kv_budget import KVBudget
+from llmaas.engine.model_config import model_context_length
 from llmaas.engine.protocol import Engine
 from llmaas.engine.runner import ModelRunner, PeerGroup
 from llmaas.engine.types import EngineHealth, GenerationChunk, GenerationRequest, ModelInfo
 
 logger = logging.getLogger(__name__)
-
-
-def model_context_length(config: Any) -> int:
-    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return 2048
 
 
 def read_architecture(model_path: Path) -> str:
@@ -120,7 +113,7 @@ class DeepSpeedEngine(Engine):
             kv_capacity_tokens=scheduler.kv_budget.capacity_tokens,
             kv_used_tokens=scheduler.kv_used_tokens,
             kv_peak_tokens=scheduler.kv_peak_tokens,
-            kv_deferred=scheduler.kv_limited,
+            kv_deferred=scheduler.kv_deferred,
         )
 
     async def shutdown(self) -> None:

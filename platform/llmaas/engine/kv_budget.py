@@ -17,25 +17,7 @@ from typing import Any
 import torch
 
 from llmaas.config.catalog import ModelSpec
-
-
-def kv_bytes_per_token(config: Any, dtype: torch.dtype, tensor_parallel_size: int = 1) -> int:
-    """Bytes of K and V one token takes in one rank's cache, over all layers."""
-
-    def field(*names: str, default: int) -> int:
-        for name in names:
-            value = getattr(config, name, None)
-            if isinstance(value, int) and value > 0:
-                return value
-        return default
-
-    layers = field("num_hidden_layers", "n_layer", default=1)
-    heads = field("num_attention_heads", "n_head", default=1)
-    kv_heads = field("num_key_value_heads", default=heads)
-    head_dim = field("head_dim", default=field("hidden_size", "n_embd", default=heads) // heads)
-    local_kv_heads = max(1, kv_heads // max(1, tensor_parallel_size))
-    element = torch.empty((), dtype=dtype).element_size()
-    return 2 * layers * local_kv_heads * head_dim * element
+from llmaas.engine.model_config import kv_bytes_per_token
 
 
 @dataclass(frozen=True)
@@ -54,10 +36,6 @@ class KVBudget:
         else:
             capacity = int(budget) // per_token
         return cls(capacity_tokens=capacity, bytes_per_token=per_token)
-
-    @property
-    def capacity_bytes(self) -> int:
-        return self.capacity_tokens * self.bytes_per_token
 
     def fits(self, rows: int, longest: int) -> bool:
         """Whether ``rows`` sequences, the longest ending at ``longest`` tokens, fit the cache."""

@@ -6,7 +6,7 @@ import torch
 from transformers.cache_utils import DynamicLayer
 
 from llmaas.engine.kv_budget import KVBudget
-from llmaas.engine.kv_slab import SlabLayer
+from llmaas.engine.kv_slab import SlabLayer, compaction_order
 from llmaas.engine.model_config import kv_bytes_per_token
 
 
@@ -38,6 +38,63 @@ def test_slab_matches_dynamic_layer_through_prefill_decode_trim_and_row_selectio
     got, want = slab.update(k, v), plain.update(k, v)
     assert got[0].shape == (2, 2, 73, 4)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def _left_pad(t: torch.Tensor, tokens: int) -> torch.Tensor:
+    return torch.nn.functional.pad(t, (0, 0, tokens - t.shape[2], 0))
+
+
+def _joined(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    tokens = max(old.shape[2], new.shape[2])
+    return torch.cat([_left_pad(old, tokens), _left_pad(new, tokens)])
+
+
+def test_rows_join_and_leave_in_place_and_match_plain_tensors():
+    slab = SlabLayer()
+    keys, values = _kv(4, 10, 0)
+    slab.update(keys, values)
+    assert slab._k is not None
+    buffer = slab._k.buffer
+
+    # narrower newcomers: written below the live rows, right-aligned, zeros on their left
+    k, v = _kv(2, 6, 1)
+    slab.join(k, v)
+    keys, values = _joined(keys, k), _joined(values, v)
+    assert slab._k.buffer is buffer, "a join with spare rows and tokens copies only the newcomers"
+    assert torch.equal(slab.keys, keys) and torch.equal(slab.values, values)
+
+    # a wider newcomer: the live block grows left into the headroom; old rows get zero padding
+    k, v = _kv(1, 14, 2)
+    slab.join(k, v)
+    keys, values = _joined(keys, k), _joined(values, v)
+    assert slab._k.buffer is buffer
+    assert torch.equal(slab.keys, keys) and torch.equal(slab.values, values)
+
+    # rows 1 and 3 leave: the last rows fill their places, nothing else moves
+    order = compaction_order([0, 2, 4, 5, 6])
+    assert order == [0, 5, 2, 6, 4]
+    slab.batch_select_indices(torch.tensor(order))
+    keys, values = keys[order], values[order]
+    assert slab._k.buffer is buffer
+    assert torch.equal(slab.keys, keys) and torch.equal(slab.values, values)
+
+    # any other order still works (a copy), then decode steps keep writing in place
+    order = [4, 0, 1]
+    slab.batch_select_indices(torch.tensor(order))
+    keys, values = keys[order], values[order]
+    for step in range(3):
+        k, v = _kv(3, 1, 10 + step)
+        got = slab.update(k, v)
+        keys, values = torch.cat([keys, k], dim=2), torch.cat([values, v], dim=2)
+        assert torch.equal(got[0], keys) and torch.equal(got[1], values)
+
+    # more newcomers than spare rows, wider than the left headroom: one copy into a bigger buffer
+    k, v = _kv(20, 80, 3)
+    slab.join(k, v)
+    keys, values = _joined(keys, k), _joined(values, v)
+    assert slab._k.buffer is not buffer
+    assert torch.equal(slab.keys, keys) and torch.equal(slab.values, values)
+    assert slab.get_seq_length() == 80
 
 
 def test_kv_budget_from_model_shape():

@@ -26,6 +26,7 @@ from llmaas.config.catalog import ModelSpec
 from llmaas.engine.detokenizer import Decoder, IncrementalDetokenizer
 from llmaas.engine.errors import EngineNotReady
 from llmaas.engine.kv_budget import KVBudget
+from llmaas.engine.kv_slab import compaction_order
 from llmaas.engine.runner import ModelRunner, StepInput
 from llmaas.engine.sampling import make_generator, sample
 from llmaas.engine.types import FinishReason, GenerationChunk, GenerationRequest
@@ -308,6 +309,7 @@ class BatchScheduler:
         assert batch.mask is not None and batch.last_pos is not None
         keep_rows = None
         if len(keep) < len(batch.rows):
+            keep = compaction_order(keep)  # the last rows fill the holes: the cache moves only those
             index = torch.tensor(keep, dtype=torch.long)
             batch.mask, batch.last_pos = (
                 batch.mask.index_select(0, index),

@@ -1,9 +1,14 @@
 """A KV cache layer over preallocated buffers, for the running batch.
 
 transformers' ``DynamicLayer`` concatenates every decode step's K/V onto the whole cache, a copy
-of the cache per step and layer. ``SlabLayer`` keeps K/V in buffers with room to grow: a decode
-step writes its column in place, dropping left padding moves a start offset, and only a join, a
-departing row, or running out of room copies the live region (into a buffer with fresh headroom).
+of the cache per step and layer, and copies it whole again when rows leave or join. ``SlabLayer``
+keeps K/V in buffers with spare rows and spare tokens on both sides of the live block:
+
+- a decode step writes its column in place;
+- dropping left padding moves a start offset;
+- departing rows are replaced by the last rows (only those move);
+- joining rows are written below the live rows, right-aligned, left-padded with zeros;
+- only running out of room copies the live block, into a buffer with fresh headroom.
 """
 
 from __future__ import annotations
@@ -18,40 +23,106 @@ def _headroom(tokens: int) -> int:
     return max(32, tokens // 4)
 
 
-class _Slab:
-    """One tensor's buffer and its live region ``[start, end)`` along the token axis."""
+def _spare_rows(rows: int) -> int:
+    return max(8, rows // 2)
 
-    def __init__(self, value: torch.Tensor) -> None:
+
+class _Slab:
+    """One tensor's buffer ``[row capacity, heads, token capacity, dim]``.
+
+    The live block is rows ``[0, rows)`` and tokens ``[start, end)``. Buffers start zeroed, so
+    whatever a row's attention mask hides is finite (a NaN there would poison softmax @ V).
+    """
+
+    def __init__(self, value: torch.Tensor, *, extra_rows: int = 0, left: int = 0, right: int = 0) -> None:
         batch, heads, tokens, dim = value.shape
-        self.buffer = value.new_empty((batch, heads, tokens + _headroom(tokens), dim))
-        self.buffer[:, :, :tokens] = value
-        self.start, self.end = 0, tokens
+        room = _headroom(tokens + left + right)
+        rows = batch + extra_rows
+        capacity = left + tokens + right + 2 * room
+        self.buffer = value.new_zeros((rows + _spare_rows(rows), heads, capacity, dim))
+        self.rows = batch
+        self.start = room + left
+        self.end = self.start + tokens
+        self.buffer[:batch, :, self.start : self.end] = value
 
     @property
     def live(self) -> torch.Tensor:
-        return self.buffer[:, :, self.start : self.end]
+        return self.buffer[: self.rows, :, self.start : self.end]
+
+    @property
+    def width(self) -> int:
+        return self.end - self.start
 
     def append(self, value: torch.Tensor) -> _Slab:
-        """Write ``value`` after the live region: in place, or into a bigger copy when out of room."""
+        """Write ``value`` (every live row) after the live block: in place, or into a bigger copy."""
         tokens = value.shape[2]
         if self.end + tokens > self.buffer.shape[2]:
-            grown = _Slab(self.live)
-            return grown.append(value)
-        self.buffer[:, :, self.end : self.end + tokens] = value
+            return _Slab(self.live, right=tokens).append(value)
+        self.buffer[: self.rows, :, self.end : self.end + tokens] = value
         self.end += tokens
         return self
 
+    def join(self, value: torch.Tensor) -> _Slab:
+        """Add ``value``'s rows below the live ones, right-aligned with them; pad the shorter side."""
+        rows, tokens = value.shape[0], value.shape[2]
+        wider = max(0, tokens - self.width)
+        if self.rows + rows > self.buffer.shape[0] or wider > self.start:
+            return _Slab(self.live, extra_rows=rows, left=wider).join(value)
+        if wider:
+            self.start -= wider
+            self.buffer[: self.rows, :, self.start : self.start + wider] = 0
+        new = self.buffer[self.rows : self.rows + rows, :, self.start : self.end]
+        new[:, :, : self.width - tokens] = 0
+        new[:, :, self.width - tokens :] = value
+        self.rows += rows
+        return self
+
+    def select(self, indices: list[int]) -> None:
+        """Keep rows ``indices`` in that order, like ``live[indices]``.
+
+        When every kept row either stays where it is or comes from beyond the new row count
+        (what ``compaction_order`` produces), only the rows that move are copied.
+        """
+        count = len(indices)
+        moves = [(dst, src) for dst, src in enumerate(indices) if dst != src]
+        in_place = len(set(indices)) == count and all(src >= count for _, src in moves)
+        block = slice(self.start, self.end)
+        if in_place and moves:
+            dst = torch.tensor([d for d, _ in moves], device=self.buffer.device)
+            src = torch.tensor([s for _, s in moves], device=self.buffer.device)
+            self.buffer[dst, :, block] = self.buffer[src, :, block]
+        elif moves or count != self.rows:
+            index = torch.tensor(indices, device=self.buffer.device)
+            self.buffer[:count, :, block] = self.live.index_select(0, index)
+        self.rows = count
+
+
+def compaction_order(keep: list[int]) -> list[int]:
+    """``keep`` (ascending row numbers) reordered so that as few rows as possible move.
+
+    Kept rows below the new row count stay where they are; the kept rows beyond it fill the
+    holes left by departing rows.
+    """
+    count = len(keep)
+    kept = set(keep)
+    holes = [row for row in range(count) if row not in kept]
+    movers = [row for row in keep if row >= count]
+    order = list(range(count))
+    for hole, mover in zip(holes, movers, strict=True):
+        order[hole] = mover
+    return order
+
 
 class SlabLayer(DynamicLayer):
-    """A ``DynamicLayer`` whose ``keys``/``values`` are views of the live regions of larger buffers."""
+    """A ``DynamicLayer`` whose ``keys``/``values`` are views of the live blocks of larger buffers."""
 
     def __init__(self) -> None:
         super().__init__()
         self._k: _Slab | None = None
         self._v: _Slab | None = None
 
-    # NOTE: transformers (and our merge) assign ``keys`` and ``values`` whole, one after the
-    # other; each assignment copies into a fresh buffer with headroom.
+    # NOTE: transformers assigns ``keys`` and ``values`` whole, one after the other (crop,
+    # reorder); each assignment copies into a fresh buffer with headroom.
     @property
     def keys(self) -> Any:
         return None if self._k is None else self._k.live
@@ -80,8 +151,20 @@ class SlabLayer(DynamicLayer):
             self._k, self._v = self._k.append(key_states), self._v.append(value_states)
         return self._k.live, self._v.live
 
+    def join(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Append rows (their own left-padded prefill) to the running ones."""
+        if self._k is None or self._v is None:
+            self.update(keys, values)
+        else:
+            self._k, self._v = self._k.join(keys), self._v.join(values)
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        for slab in (self._k, self._v):
+            if slab is not None:
+                slab.select(indices.tolist())
+
     def get_seq_length(self) -> int:
-        return 0 if self._k is None else self._k.end - self._k.start
+        return 0 if self._k is None else self._k.width
 
     def trim_left(self, tokens: int) -> None:
         """Drop the first ``tokens`` columns (padding in every row) without copying."""

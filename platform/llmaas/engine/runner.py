@@ -36,7 +36,7 @@ class StepInput:
     input_ids: torch.Tensor  # [batch, new tokens]
     attention_mask: torch.Tensor  # [batch, cached + new tokens]
     position_ids: torch.Tensor  # [batch, new tokens]
-    keep_rows: tuple[int, ...] | None = None  # decode: rows of the cache to keep first
+    keep_rows: tuple[int, ...] | None = None  # decode: rows of the cache to keep first, in this order
     trim_left: int = 0  # decode: cache columns (padding in every kept row) to drop first
 
 
@@ -153,7 +153,8 @@ class ShardRunner:
             logits_to_keep=1,
         )
         if step.kind == "join":
-            merge_left_padded(self.cache, out.past_key_values)
+            for layer, new in zip(self.cache.layers, out.past_key_values.layers, strict=True):
+                layer.join(new.keys, new.values)
         else:
             self.cache = out.past_key_values
         if not return_logits:
@@ -164,29 +165,13 @@ class ShardRunner:
         self.cache = None
 
     @functools.cached_property
-    def supports_join(self) -> bool:  # NOTE: also what lets the running batch use SlabLayer
-        """Whether running caches can be merged (plain per-layer K/V tensors, no sliding windows)."""
+    def supports_join(self) -> bool:
+        """Whether rows can join a running cache: plain per-layer K/V (no sliding windows), so the
+        running batch can live in ``SlabLayer``s."""
         from transformers import DynamicCache
 
         layers = DynamicCache(config=self.model.config).layers
         return all(type(layer).__name__ == "DynamicLayer" for layer in layers)
-
-
-def _left_pad_kv(tensor: torch.Tensor, length: int) -> torch.Tensor:
-    """Left-pad [batch, heads, tokens, dim] with zeros to ``length`` tokens (masked out later)."""
-    return torch.nn.functional.pad(tensor, (0, 0, length - tensor.shape[2], 0))
-
-
-def merge_left_padded(running: Any, new: Any) -> None:
-    """Append ``new``'s rows to ``running``, layer by layer, left-padding the shorter one."""
-    for old_layer, new_layer in zip(running.layers, new.layers, strict=True):
-        length = max(old_layer.keys.shape[2], new_layer.keys.shape[2])
-        old_layer.keys = torch.cat(
-            [_left_pad_kv(old_layer.keys, length), _left_pad_kv(new_layer.keys, length)]
-        )
-        old_layer.values = torch.cat(
-            [_left_pad_kv(old_layer.values, length), _left_pad_kv(new_layer.values, length)]
-        )
 
 
 class PeerGroup(Protocol):

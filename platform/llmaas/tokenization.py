@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from llmaas.config.catalog import Catalog
 from llmaas.openai.errors import bad_request
 
 
@@ -16,6 +17,9 @@ class TokenizerPool:
         self._paths = dict(paths)
         self._loaded: dict[str, Any] = {}
         self._lock = threading.Lock()
+
+    def has(self, model_id: str) -> bool:
+        return model_id in self._paths
 
     def get(self, model_id: str) -> Any:
         tokenizer = self._loaded.get(model_id)
@@ -59,3 +63,62 @@ class TokenizerPool:
 
     def decode(self, model_id: str, ids: list[int]) -> str:
         return str(self.get(model_id).decode(ids, skip_special_tokens=True))
+
+
+def load_pool(catalog: Catalog) -> TokenizerPool:
+    """Every catalog model's tokenizer, loaded now rather than on the first request (blocking)."""
+    from llmaas.models import resolve_model_path
+
+    paths = {spec.id: resolve_model_path(spec.source, catalog.cache_path) for spec in catalog.models}
+    pool = TokenizerPool(paths)
+    for spec in catalog.models:
+        pool.get(spec.id)
+    return pool
+
+
+class RemoteTokenizer(Protocol):
+    """The tokenizer deployment as the router sees it (``llmaas.deployments.handles.HandleTokenizer``)."""
+
+    async def encode(self, model_id: str, texts: list[str], add_special_tokens: bool) -> list[list[int]]: ...
+
+    async def chat_template(
+        self, model_id: str, messages: list[dict[str, str]], add_generation_prompt: bool
+    ) -> list[int]: ...
+
+
+class LocalFirstTokenizer:
+    """Tokenizes short inputs in the caller's process and sends long ones to the tokenizer deployment.
+
+    NOTE: a hop to another deployment costs milliseconds on every request (measured ~4 ms
+    here), while a fast tokenizer encodes a short prompt in tens of microseconds; offloading
+    pays only for inputs big enough to block the router's event loop. TGI and vLLM tokenize in
+    their API process for the same reason.
+    """
+
+    def __init__(self, pool: TokenizerPool, remote: RemoteTokenizer, *, inline_max_chars: int) -> None:
+        self.pool = pool
+        self.remote = remote
+        self.inline_max_chars = inline_max_chars
+        self.inline_calls = 0
+        self.remote_calls = 0
+
+    def _inline(self, model_id: str, chars: int) -> bool:
+        local = chars <= self.inline_max_chars and self.pool.has(model_id)
+        if local:
+            self.inline_calls += 1
+        else:
+            self.remote_calls += 1
+        return local
+
+    async def encode(self, model_id: str, texts: list[str], add_special_tokens: bool) -> list[list[int]]:
+        if self._inline(model_id, sum(len(t) for t in texts)):
+            return self.pool.encode(model_id, texts, add_special_tokens)
+        return await self.remote.encode(model_id, texts, add_special_tokens)
+
+    async def chat_template(
+        self, model_id: str, messages: list[dict[str, str]], add_generation_prompt: bool
+    ) -> list[int]:
+        chars = sum(len(str(v)) for message in messages for v in message.values())
+        if self._inline(model_id, chars):
+            return self.pool.chat_template(model_id, messages, add_generation_prompt)
+        return await self.remote.chat_template(model_id, messages, add_generation_prompt)

@@ -21,6 +21,7 @@ from llmaas.config.catalog import (
     ReplicaConfig,
     SamplingDefaults,
     Task,
+    TokenizerConfig,
     WorkerResources,
     deployment_name,
 )
@@ -125,6 +126,13 @@ def test_worker_threads():
     assert WorkerResources(num_cpus=0.5).threads == 1
     assert WorkerResources(num_cpus=4).threads == 4
     assert WorkerResources(num_cpus=4, torch_threads=2).threads == 2
+
+
+def test_small_steps_run_on_one_thread():
+    adaptive = WorkerResources(num_cpus=2, parallel_min_tokens=8)
+    assert [adaptive.threads_for(n) for n in (1, 7, 8, 64)] == [1, 1, 2, 2]
+    assert WorkerResources(num_cpus=2).threads_for(1) == 2  # 0: always torch_threads
+    invalid(WorkerResources, {"parallel_min_tokens": -1}, "parallel_min_tokens", "greater than or equal to 0")
 
 
 def test_whole_gpus_above_one_are_fine():
@@ -248,6 +256,7 @@ def test_every_config_forbids_unknown_keys():
         WorkerResources,
         ModelSpec,
         ComponentConfig,
+        TokenizerConfig,
         Catalog,
     ):
         assert issubclass(cls, BaseConfig)
@@ -600,6 +609,18 @@ def test_catalog_request_timeout_must_be_positive():
 def test_component_bounds(data: dict[str, Any], field: str, needle: str):
     invalid(ComponentConfig, data, field, needle)
     invalid(Catalog, catalog(router=data), f"router.{field}", needle)
+
+
+def test_tokenizer_inline_limit():
+    assert Catalog.model_validate(catalog()).tokenizer.inline_max_chars == 4096
+    assert Catalog.model_validate(catalog(tokenizer={"inline_max_chars": 0})).tokenizer.inline_max_chars == 0
+    invalid(
+        Catalog,
+        catalog(tokenizer={"inline_max_chars": -1}),
+        "tokenizer.inline_max_chars",
+        "greater than or equal to 0",
+    )
+    invalid(Catalog, catalog(router={"inline_max_chars": 10}), "router.inline_max_chars", "Extra inputs")
 
 
 def test_catalog_error_names_the_model_index():

@@ -11,6 +11,7 @@ from llmaas.config.catalog import (
     ReplicaConfig,
     SamplingDefaults,
     Task,
+    TokenizerConfig,
     WorkerResources,
     deployment_name,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "ReplicaConfig",
     "SamplingDefaults",
     "Task",
+    "TokenizerConfig",
     "WorkerResources",
     "deployment_name",
 ]

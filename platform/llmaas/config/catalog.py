@@ -162,6 +162,16 @@ class WorkerResources(BaseConfig):
     torch_threads: int | None = Field(
         default=None, ge=1, description="Intra-op threads per worker (default: num_cpus, at least 1)."
     )
+    parallel_min_tokens: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "Steps that feed fewer tokens than this (rows x new tokens) run on one intra-op thread, "
+            "larger ones on torch_threads. On a CPU shared with the proxy and router, a small step's "
+            "threads wait on each other more than they gain (a preempted thread stalls the rest); "
+            "0 always uses torch_threads."
+        ),
+    )
 
     @field_validator("num_gpus")
     @classmethod
@@ -173,6 +183,10 @@ class WorkerResources(BaseConfig):
     @property
     def threads(self) -> int:
         return self.torch_threads or max(1, int(self.num_cpus))
+
+    def threads_for(self, step_tokens: int) -> int:
+        """Intra-op threads for a step that feeds ``step_tokens`` tokens."""
+        return 1 if step_tokens < self.parallel_min_tokens else self.threads
 
     @property
     def uses_gpu(self) -> bool:
@@ -273,6 +287,20 @@ class ComponentConfig(BaseConfig):
     max_ongoing_requests: int = Field(default=1024, ge=1)
 
 
+class TokenizerConfig(ComponentConfig):
+    """Sizing of the tokenizer deployment, and which inputs the router tokenizes itself."""
+
+    inline_max_chars: int = Field(
+        default=4096,
+        ge=0,
+        description=(
+            "The router tokenizes inputs of up to this many characters in its own process (a hop to the "
+            "tokenizer deployment costs more than encoding a short prompt); longer ones go to the "
+            "tokenizer deployment, which scales on its own. 0 sends every input there."
+        ),
+    )
+
+
 class Catalog(BaseConfig):
     """The whole catalog file."""
 
@@ -282,7 +310,7 @@ class Catalog(BaseConfig):
         default="~/.cache/llmaas/models", description="Where demo models are built on first use."
     )
     router: ComponentConfig = Field(default_factory=ComponentConfig)
-    tokenizer: ComponentConfig = Field(default_factory=ComponentConfig)
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     request_timeout_s: float = Field(
         default=600.0, gt=0, description="An accepted request that takes longer ends with a 504."
     )

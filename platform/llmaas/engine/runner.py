@@ -129,6 +129,10 @@ class ShardRunner:
         """Run one forward step; return the last position's logits per row ([batch, vocab])."""
         from transformers import DynamicCache
 
+        if not self.spec.resources.uses_gpu:
+            threads = self.spec.resources.threads_for(step.input_ids.numel())
+            if threads != torch.get_num_threads():
+                torch.set_num_threads(threads)
         if step.kind == "decode":
             if step.keep_rows is not None:
                 self.cache.batch_select_indices(torch.tensor(step.keep_rows, device=self.device))

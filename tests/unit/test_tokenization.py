@@ -1,0 +1,89 @@
+"""Router-side tokenization: short inputs are encoded in-process, long ones go to the tokenizer deployment."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from llmaas.openai.errors import OpenAIError
+from llmaas.tokenization import LocalFirstTokenizer, TokenizerPool
+
+
+class CountingRemote:
+    """Stands in for the tokenizer deployment: the same pool, but every call is counted."""
+
+    def __init__(self, pool: TokenizerPool) -> None:
+        self.pool = pool
+        self.calls: list[str] = []
+
+    async def encode(self, model_id: str, texts: list[str], add_special_tokens: bool) -> list[list[int]]:
+        self.calls.append("encode")
+        return self.pool.encode(model_id, texts, add_special_tokens)
+
+    async def chat_template(
+        self, model_id: str, messages: list[dict[str, str]], add_generation_prompt: bool
+    ) -> list[int]:
+        self.calls.append("chat_template")
+        return self.pool.chat_template(model_id, messages, add_generation_prompt)
+
+
+@pytest.fixture(scope="module")
+def pool(chat_model_path: Path) -> TokenizerPool:
+    return TokenizerPool({"chat": chat_model_path})
+
+
+def _tokenizer(pool: TokenizerPool, inline_max_chars: int) -> tuple[LocalFirstTokenizer, CountingRemote]:
+    remote = CountingRemote(pool)
+    return LocalFirstTokenizer(pool, remote, inline_max_chars=inline_max_chars), remote
+
+
+def test_short_inputs_stay_in_process_long_ones_go_remote_with_equal_ids(pool: TokenizerPool):
+    local, remote = _tokenizer(pool, inline_max_chars=40)
+    short, long = "What is llmaas?", "How do I add a model to the catalog? " * 4
+    assert asyncio.run(local.encode("chat", [short], True)) == pool.encode("chat", [short], True)
+    assert remote.calls == []
+    assert asyncio.run(local.encode("chat", [long], True)) == pool.encode("chat", [long], True)
+    assert remote.calls == ["encode"]
+    # NOTE: the limit counts the characters of every text in one call, not of each
+    asyncio.run(local.encode("chat", [short, short, short], True))
+    assert remote.calls == ["encode", "encode"]
+    assert (local.inline_calls, local.remote_calls) == (1, 2)
+
+
+def test_chat_template_follows_the_same_rule(pool: TokenizerPool):
+    local, remote = _tokenizer(pool, inline_max_chars=100)
+    messages = [{"role": "user", "content": "Hello"}]
+    assert asyncio.run(local.chat_template("chat", messages, True)) == pool.chat_template(
+        "chat", messages, True
+    )
+    assert remote.calls == []
+    long = [{"role": "user", "content": "x" * 101}]
+    asyncio.run(local.chat_template("chat", long, True))
+    assert remote.calls == ["chat_template"]
+
+
+def test_zero_sends_everything_to_the_tokenizer_deployment(pool: TokenizerPool):
+    local, remote = _tokenizer(pool, inline_max_chars=0)
+    asyncio.run(local.encode("chat", ["a"], True))
+    asyncio.run(local.chat_template("chat", [{"role": "user", "content": "a"}], True))
+    assert remote.calls == ["encode", "chat_template"]
+
+
+def test_unknown_model_goes_to_the_deployment_not_a_local_crash(pool: TokenizerPool):
+    local, remote = _tokenizer(pool, inline_max_chars=4096)
+    asyncio.run(local.encode("chat", ["a"], True))
+    with pytest.raises(KeyError):  # the counting stand-in has no such model either
+        asyncio.run(local.encode("other", ["a"], True))
+    assert remote.calls == ["encode"]
+
+
+def test_local_errors_keep_their_openai_shape(minilm_path: Path):
+    # a model without a chat template (an embedding model) gets the same 400 in-process as remotely
+    plain = TokenizerPool({"gpt": minilm_path})
+    local = LocalFirstTokenizer(plain, CountingRemote(plain), inline_max_chars=4096)
+    with pytest.raises(OpenAIError) as caught:
+        asyncio.run(local.chat_template("gpt", [{"role": "user", "content": "a"}], True))
+    assert (caught.value.status, caught.value.code) == (400, "no_chat_template")
+    assert local.inline_calls == 1

@@ -5,6 +5,7 @@ error response or a stream. Handle callers (``llmaas.client``) reach the same se
 through ``call`` / ``stream``, with plain dicts crossing the handle.
 """
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -12,7 +13,7 @@ from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -23,6 +24,8 @@ from llmaas.deployments.handles import HandleModel, HandleTokenizer
 from llmaas.openai.errors import OpenAIError, bad_request, from_validation_error, internal
 from llmaas.openai.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from llmaas.openai.service import OpenAIService
+from llmaas.playground import playground_html
+from llmaas.tokenization import LocalFirstTokenizer, load_pool
 
 logger = logging.getLogger("ray.serve")
 
@@ -45,7 +48,7 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
     message = (
         f"Unknown route {request.method} {request.url.path}. Routes: GET /v1/models, POST /v1/completions, "
-        "POST /v1/chat/completions, POST /v1/embeddings, GET /health, GET /ready."
+        "POST /v1/chat/completions, POST /v1/embeddings, GET /health, GET /ready, GET /playground."
         if exc.status_code == 404
         else str(exc.detail)
     )
@@ -102,14 +105,19 @@ async def _sse(chunks: AsyncIterator[BaseModel]) -> AsyncIterator[str]:
 
 @serve.ingress(app)
 class Router:
-    """Routes by ``model`` to that model's deployment; tokenizes through the tokenizer deployment."""
+    """Routes by ``model`` to that model's deployment; tokenizes short inputs itself, long ones remotely."""
 
-    def __init__(
+    async def __init__(  # type: ignore[misc]  # Serve awaits async constructors
         self, catalog: Catalog, tokenizer: DeploymentHandle, models: dict[str, DeploymentHandle]
     ) -> None:
         self.catalog = catalog
+        self.tokenizer = LocalFirstTokenizer(
+            await asyncio.to_thread(load_pool, catalog),
+            HandleTokenizer(tokenizer),
+            inline_max_chars=catalog.tokenizer.inline_max_chars,
+        )
         self.service = OpenAIService(
-            catalog, HandleTokenizer(tokenizer), {model_id: HandleModel(h) for model_id, h in models.items()}
+            catalog, self.tokenizer, {model_id: HandleModel(h) for model_id, h in models.items()}
         )
 
     async def _respond(self, work: Callable[[], Awaitable[Response]]) -> Response:
@@ -131,6 +139,10 @@ class Router:
         models = await self.service.ready()
         ok = all(state == "ready" for state in models.values())
         return JSONResponse(status_code=200 if ok else 503, content={"ready": ok, "models": models})
+
+    @app.get("/playground")
+    async def playground(self) -> HTMLResponse:
+        return HTMLResponse(playground_html())
 
     @app.get("/v1/models")
     async def list_models(self) -> Response:

@@ -1,4 +1,8 @@
-"""ModelReplica: one Serve replica of one catalog model, over the engine contract."""
+"""ModelReplica: one Serve replica of one catalog model, over the engine contract.
+
+A generating replica also copies its engine's health numbers (running and waiting
+sequences, batch and KV occupancy) into Prometheus gauges every second (``llmaas.metrics``).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from llmaas.config.catalog import ModelSpec
+from llmaas.config.catalog import ModelSpec, Task
 from llmaas.engine import (
     Engine,
     EngineHealth,
@@ -17,6 +21,7 @@ from llmaas.engine import (
     ModelInfo,
     default_engine_cls,
 )
+from llmaas.metrics import ReplicaGauges, ray_initialized
 from llmaas.models import resolve_model_path
 
 logger = logging.getLogger("ray.serve")
@@ -38,6 +43,10 @@ class ModelReplica:
             kwargs["peers"] = RayPeerGroup(spec, path)
         self.engine = cls(spec, path, **kwargs)
         await self.engine.start()
+        self._gauges: asyncio.Task[None] | None = None
+        if spec.task is Task.GENERATE and ray_initialized():
+            gauges = ReplicaGauges(spec.id, spec.batching.max_batch_size)
+            self._gauges = asyncio.create_task(gauges.report_forever(self.engine.health))
         logger.info("model %s ready (tp=%d) from %s", spec.id, spec.tensor_parallel_size, path)
 
     async def info(self) -> ModelInfo:

@@ -59,13 +59,19 @@ def ray_cluster() -> Iterator[dict[str, str]]:
     import ray
 
     dashboard_port = _free_port()
+    metrics_port = _free_port()
     context: Any = ray.init(
         num_cpus=8,
         include_dashboard=True,
         dashboard_port=dashboard_port,
         log_to_driver=False,
+        _metrics_export_port=metrics_port,  # the node's Prometheus endpoint, scraped by test_metrics
     )
-    yield {"dashboard": f"http://127.0.0.1:{dashboard_port}", "address": context.address_info["address"]}
+    yield {
+        "dashboard": f"http://127.0.0.1:{dashboard_port}",
+        "address": context.address_info["address"],
+        "metrics": f"http://{context.address_info['node_ip_address']}:{metrics_port}/metrics",
+    }
     from ray import serve
 
     serve.shutdown()

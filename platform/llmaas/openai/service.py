@@ -2,6 +2,8 @@
 
 Plain async code over two small protocols (a tokenizer and one client per model), so it runs
 the same behind the Serve router, behind the handle client, and in unit tests with fakes.
+Every model request is recorded once, when it ends, into a ``RequestRecorder`` (Ray's metrics
+in a router replica, nothing in unit tests).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Protocol, TypeVar
 from llmaas.config.catalog import Catalog, ModelSpec, Task
 from llmaas.engine.errors import EngineError, EngineNotReady, EngineOverloaded, UnsupportedTask
 from llmaas.engine.types import FinishReason, GenerationChunk, GenerationRequest, ModelInfo
+from llmaas.metrics import UNKNOWN_MODEL, RequestRecorder, RequestTrace, default_request_recorder
 from llmaas.openai.errors import OpenAIError, bad_request, internal, model_not_found, unavailable
 from llmaas.openai.protocol import (
     AssistantMessage,
@@ -42,6 +45,11 @@ from llmaas.openai.protocol import (
 )
 
 T = TypeVar("T")
+
+#: The ``route`` tag of request metrics: the OpenAI route, for HTTP and handle callers alike.
+ROUTE_COMPLETIONS = "/v1/completions"
+ROUTE_CHAT = "/v1/chat/completions"
+ROUTE_EMBEDDINGS = "/v1/embeddings"
 
 
 class TokenizerClient(Protocol):
@@ -81,13 +89,31 @@ def _finish_reason(chunk: GenerationChunk) -> str | None:
 
 
 class OpenAIService:
-    """One instance per router replica."""
+    """One instance per router replica. ``metrics`` defaults to Ray's where Ray is initialized."""
 
-    def __init__(self, catalog: Catalog, tokenizer: TokenizerClient, models: dict[str, ModelClient]) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        tokenizer: TokenizerClient,
+        models: dict[str, ModelClient],
+        *,
+        metrics: RequestRecorder | None = None,
+    ) -> None:
         self.catalog = catalog
         self.tokenizer = tokenizer
         self.models = models
+        self.metrics = metrics if metrics is not None else default_request_recorder()
         self._info: dict[str, ModelInfo] = {}
+
+    def _trace(self, model: object, route: str, stream: bool = False) -> RequestTrace:
+        """A request's metrics; a model the catalog does not hold is tagged ``UNKNOWN_MODEL``."""
+        label = model if isinstance(model, str) and self.catalog.get(model) is not None else UNKNOWN_MODEL
+        return RequestTrace(self.metrics, label, route, stream)
+
+    def record_refused(self, route: str, model: object, exc: BaseException) -> None:
+        """Count a request refused before it reached this service (a body that does not parse),
+        so that request metrics see it too; errors the service raises are counted already."""
+        self._trace(model, route).finish(exc)
 
     # ---- lookups ---------------------------------------------------------------------------
     def _spec(self, model: str, task: Task, param_hint: str) -> ModelSpec:
@@ -217,9 +243,13 @@ class OpenAIService:
             raise bad_request("messages render to an empty prompt", param="messages")
         return spec, ids
 
-    async def _merged(self, prepared: _Prepared) -> AsyncIterator[tuple[int, GenerationChunk]]:
+    async def _merged(
+        self, prepared: _Prepared, trace: RequestTrace
+    ) -> AsyncIterator[tuple[int, GenerationChunk]]:
         """All choices' chunks as they come; closing this cancels every choice."""
         client = self.models[prepared.spec.id]
+        trace.prompt_tokens = len(prepared.prompt_ids)
+        generated = trace.tokens = [0] * len(prepared.requests)
         queue: asyncio.Queue[tuple[int, GenerationChunk | BaseException]] = asyncio.Queue()
 
         async def pump(index: int, req: GenerationRequest) -> None:
@@ -239,6 +269,9 @@ class OpenAIService:
                     return
                 if item.error:
                     raise internal(f"generation failed: {item.error}")
+                generated[index] = item.num_generated_tokens
+                if trace.first_token_at is None and (item.text or item.token_ids):
+                    trace.first_token()
                 if item.finish_reason is not None:
                     open_choices -= 1
                 yield index, item
@@ -249,9 +282,9 @@ class OpenAIService:
                 with contextlib.suppress(BaseException):
                     await task
 
-    async def _collect(self, prepared: _Prepared) -> list[_Choice]:
+    async def _collect(self, prepared: _Prepared, trace: RequestTrace) -> list[_Choice]:
         choices = [_Choice() for _ in prepared.requests]
-        async for index, chunk in self._merged(prepared):
+        async for index, chunk in self._merged(prepared, trace):
             choice = choices[index]
             choice.text.append(chunk.text)
             choice.completion_tokens = chunk.num_generated_tokens
@@ -277,9 +310,10 @@ class OpenAIService:
             ) from exc
 
     async def completion(self, request: CompletionRequest) -> CompletionResponse:
-        spec, ids = await self._completion_prompt(request)
-        prepared = await self._prepare(request, ids, spec, "prompt")
-        choices = await self._with_timeout(self._collect(prepared))
+        with self._trace(request.model, ROUTE_COMPLETIONS) as trace:
+            spec, ids = await self._completion_prompt(request)
+            prepared = await self._prepare(request, ids, spec, "prompt")
+            choices = await self._with_timeout(self._collect(prepared, trace))
         return CompletionResponse(
             id=new_id("cmpl"),
             created=now(),
@@ -292,9 +326,10 @@ class OpenAIService:
         )
 
     async def chat(self, request: ChatCompletionRequest) -> ChatCompletionResponse:
-        spec, ids = await self._chat_prompt(request)
-        prepared = await self._prepare(request, ids, spec, "messages")
-        choices = await self._with_timeout(self._collect(prepared))
+        with self._trace(request.model, ROUTE_CHAT) as trace:
+            spec, ids = await self._chat_prompt(request)
+            prepared = await self._prepare(request, ids, spec, "messages")
+            choices = await self._with_timeout(self._collect(prepared, trace))
         return ChatCompletionResponse(
             id=new_id("chatcmpl"),
             created=now(),
@@ -310,70 +345,88 @@ class OpenAIService:
 
     async def completion_stream(self, request: CompletionRequest) -> AsyncIterator[CompletionResponse]:
         """Validate first (errors raise before any byte is sent), then stream chunks."""
-        spec, ids = await self._completion_prompt(request)
-        prepared = await self._prepare(request, ids, spec, "prompt")
-        return self._completion_chunks(request, prepared)
+        trace = self._trace(request.model, ROUTE_COMPLETIONS, stream=True)
+        try:
+            spec, ids = await self._completion_prompt(request)
+            prepared = await self._prepare(request, ids, spec, "prompt")
+        except BaseException as exc:
+            trace.finish(exc)
+            raise
+        return self._completion_chunks(request, prepared, trace)
 
     async def _completion_chunks(
-        self, request: CompletionRequest, prepared: _Prepared
+        self, request: CompletionRequest, prepared: _Prepared, trace: RequestTrace
     ) -> AsyncIterator[CompletionResponse]:
         rid, created, total = new_id("cmpl"), now(), 0
-        async for index, chunk in self._merged(prepared):
-            if not chunk.text and chunk.finish_reason is None:
-                continue
-            if chunk.finish_reason is not None:
-                total += chunk.num_generated_tokens
-            yield CompletionResponse(
-                id=rid,
-                created=created,
-                model=prepared.spec.id,
-                choices=[CompletionChoice(index=index, text=chunk.text, finish_reason=_finish_reason(chunk))],
-            )
-        if request.stream_options and request.stream_options.include_usage:
-            yield CompletionResponse(
-                id=rid,
-                created=created,
-                model=prepared.spec.id,
-                choices=[],
-                usage=self._usage(prepared, total),
-            )
+        with trace:
+            async for index, chunk in self._merged(prepared, trace):
+                if not chunk.text and chunk.finish_reason is None:
+                    continue
+                if chunk.finish_reason is not None:
+                    total += chunk.num_generated_tokens
+                yield CompletionResponse(
+                    id=rid,
+                    created=created,
+                    model=prepared.spec.id,
+                    choices=[
+                        CompletionChoice(index=index, text=chunk.text, finish_reason=_finish_reason(chunk))
+                    ],
+                )
+            if request.stream_options and request.stream_options.include_usage:
+                yield CompletionResponse(
+                    id=rid,
+                    created=created,
+                    model=prepared.spec.id,
+                    choices=[],
+                    usage=self._usage(prepared, total),
+                )
 
     async def chat_stream(self, request: ChatCompletionRequest) -> AsyncIterator[ChatCompletionChunk]:
-        spec, ids = await self._chat_prompt(request)
-        prepared = await self._prepare(request, ids, spec, "messages")
-        return self._chat_chunks(request, prepared)
+        trace = self._trace(request.model, ROUTE_CHAT, stream=True)
+        try:
+            spec, ids = await self._chat_prompt(request)
+            prepared = await self._prepare(request, ids, spec, "messages")
+        except BaseException as exc:
+            trace.finish(exc)
+            raise
+        return self._chat_chunks(request, prepared, trace)
 
     async def _chat_chunks(
-        self, request: ChatCompletionRequest, prepared: _Prepared
+        self, request: ChatCompletionRequest, prepared: _Prepared, trace: RequestTrace
     ) -> AsyncIterator[ChatCompletionChunk]:
         rid, created, total = new_id("chatcmpl"), now(), 0
         model = prepared.spec.id
-        for index in range(len(prepared.requests)):
-            yield ChatCompletionChunk(
-                id=rid,
-                created=created,
-                model=model,
-                choices=[ChatChunkChoice(index=index, delta=DeltaMessage(role="assistant", content=""))],
-            )
-        async for index, chunk in self._merged(prepared):
-            if not chunk.text and chunk.finish_reason is None:
-                continue
-            if chunk.finish_reason is not None:
-                total += chunk.num_generated_tokens
-            delta = DeltaMessage(content=chunk.text) if chunk.text else DeltaMessage()
-            yield ChatCompletionChunk(
-                id=rid,
-                created=created,
-                model=model,
-                choices=[ChatChunkChoice(index=index, delta=delta, finish_reason=_finish_reason(chunk))],
-            )
-        if request.stream_options and request.stream_options.include_usage:
-            yield ChatCompletionChunk(
-                id=rid, created=created, model=model, choices=[], usage=self._usage(prepared, total)
-            )
+        with trace:
+            for index in range(len(prepared.requests)):
+                yield ChatCompletionChunk(
+                    id=rid,
+                    created=created,
+                    model=model,
+                    choices=[ChatChunkChoice(index=index, delta=DeltaMessage(role="assistant", content=""))],
+                )
+            async for index, chunk in self._merged(prepared, trace):
+                if not chunk.text and chunk.finish_reason is None:
+                    continue
+                if chunk.finish_reason is not None:
+                    total += chunk.num_generated_tokens
+                delta = DeltaMessage(content=chunk.text) if chunk.text else DeltaMessage()
+                yield ChatCompletionChunk(
+                    id=rid,
+                    created=created,
+                    model=model,
+                    choices=[ChatChunkChoice(index=index, delta=delta, finish_reason=_finish_reason(chunk))],
+                )
+            if request.stream_options and request.stream_options.include_usage:
+                yield ChatCompletionChunk(
+                    id=rid, created=created, model=model, choices=[], usage=self._usage(prepared, total)
+                )
 
     # ---- embeddings ------------------------------------------------------------------------------
     async def embeddings(self, request: EmbeddingRequest) -> EmbeddingResponse:
+        with self._trace(request.model, ROUTE_EMBEDDINGS) as trace:
+            return await self._embeddings(request, trace)
+
+    async def _embeddings(self, request: EmbeddingRequest, trace: RequestTrace) -> EmbeddingResponse:
         spec = self._spec(request.model, Task.EMBED, "embeddings")
         info = await self.model_info(spec.id)
         items = request.items()
@@ -401,11 +454,11 @@ class OpenAIService:
                 param="dimensions",
             )
         vectors = await self._with_timeout(self._call(self.models[spec.id].embed(encoded)))
+        used = trace.prompt_tokens = sum(len(t) for t in encoded)
         data = [
             EmbeddingData(index=i, embedding=_b64(v) if request.encoding_format == "base64" else v)
             for i, v in enumerate(vectors)
         ]
-        used = sum(len(t) for t in encoded)
         return EmbeddingResponse(
             data=data, model=spec.id, usage=EmbeddingUsage(prompt_tokens=used, total_tokens=used)
         )

@@ -23,7 +23,7 @@ from llmaas.config.catalog import Catalog
 from llmaas.deployments.handles import HandleModel, HandleTokenizer
 from llmaas.openai.errors import OpenAIError, bad_request, from_validation_error, internal
 from llmaas.openai.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
-from llmaas.openai.service import OpenAIService
+from llmaas.openai.service import ROUTE_CHAT, ROUTE_COMPLETIONS, ROUTE_EMBEDDINGS, OpenAIService
 from llmaas.playground import playground_html
 from llmaas.tokenization import LocalFirstTokenizer, load_pool
 
@@ -120,6 +120,22 @@ class Router:
             catalog, self.tokenizer, {model_id: HandleModel(h) for model_id, h in models.items()}
         )
 
+    def _checked(self, route: str, model: type[BaseModel], data: Any) -> Any:
+        """``_parse``, counting a refused body in the request metrics (the service counts the rest)."""
+        try:
+            return _parse(model, data)
+        except OpenAIError as exc:
+            self.service.record_refused(route, data.get("model") if isinstance(data, dict) else None, exc)
+            raise
+
+    async def _read(self, route: str, model: type[BaseModel], request: Request) -> Any:
+        try:
+            data = await _read_json(request)
+        except OpenAIError as exc:
+            self.service.record_refused(route, None, exc)
+            raise
+        return self._checked(route, model, data)
+
     async def _respond(self, work: Callable[[], Awaitable[Response]]) -> Response:
         try:
             return await work()
@@ -166,7 +182,7 @@ class Router:
     @app.post("/v1/completions")
     async def completions(self, request: Request) -> Response:
         async def work() -> Response:
-            body = _parse(CompletionRequest, await _read_json(request))
+            body = await self._read(ROUTE_COMPLETIONS, CompletionRequest, request)
             if body.stream:
                 return StreamingResponse(
                     _sse(await self.service.completion_stream(body)), media_type="text/event-stream"
@@ -178,7 +194,7 @@ class Router:
     @app.post("/v1/chat/completions")
     async def chat_completions(self, request: Request) -> Response:
         async def work() -> Response:
-            body = _parse(ChatCompletionRequest, await _read_json(request))
+            body = await self._read(ROUTE_CHAT, ChatCompletionRequest, request)
             if body.stream:
                 return StreamingResponse(
                     _sse(await self.service.chat_stream(body)), media_type="text/event-stream"
@@ -190,7 +206,7 @@ class Router:
     @app.post("/v1/embeddings")
     async def embeddings(self, request: Request) -> Response:
         async def work() -> Response:
-            body = _parse(EmbeddingRequest, await _read_json(request))
+            body = await self._read(ROUTE_EMBEDDINGS, EmbeddingRequest, request)
             return JSONResponse(_dump(await self.service.embeddings(body)))
 
         return await self._respond(work)
@@ -203,14 +219,20 @@ class Router:
                 return _dump(await self.service.list_models())
             if route == "completions":
                 return _dump(
-                    await self.service.completion(_parse(CompletionRequest, {**body, "stream": False}))
+                    await self.service.completion(
+                        self._checked(ROUTE_COMPLETIONS, CompletionRequest, {**body, "stream": False})
+                    )
                 )
             if route == "chat.completions":
                 return _dump(
-                    await self.service.chat(_parse(ChatCompletionRequest, {**body, "stream": False}))
+                    await self.service.chat(
+                        self._checked(ROUTE_CHAT, ChatCompletionRequest, {**body, "stream": False})
+                    )
                 )
             if route == "embeddings":
-                return _dump(await self.service.embeddings(_parse(EmbeddingRequest, body)))
+                return _dump(
+                    await self.service.embeddings(self._checked(ROUTE_EMBEDDINGS, EmbeddingRequest, body))
+                )
             raise bad_request(
                 f"unknown route {route!r}: use completions, chat.completions, embeddings or models"
             )
@@ -227,11 +249,11 @@ class Router:
             chunks: AsyncIterator[BaseModel]
             if route == "completions":
                 chunks = await self.service.completion_stream(
-                    _parse(CompletionRequest, {**body, "stream": True})
+                    self._checked(ROUTE_COMPLETIONS, CompletionRequest, {**body, "stream": True})
                 )
             elif route == "chat.completions":
                 chunks = await self.service.chat_stream(
-                    _parse(ChatCompletionRequest, {**body, "stream": True})
+                    self._checked(ROUTE_CHAT, ChatCompletionRequest, {**body, "stream": True})
                 )
             else:
                 raise bad_request(f"route {route!r} does not stream: use completions or chat.completions")

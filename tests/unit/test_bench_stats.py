@@ -46,6 +46,7 @@ def test_suite_summary_states_the_targets_as_ratios():
         results={
             "llmaas": [_level(1, 50, ttft_ms=40.0), _level(32, 300), _level(64, 360)],
             "engine": [_level(1, 55), _level(64, 400)],
+            "llmaas-unary": [_level(1, 60), _level(32, 330)],
             "naive": [_level(1, 30), _level(32, 20)],
             "serve-batch": [_level(1, 20), _level(32, 150)],
             "hf-serve": [_level(1, 25), _level(32, 999, errors=1)],  # a level with errors is no comparison
@@ -61,4 +62,5 @@ def test_suite_summary_states_the_targets_as_ratios():
     assert summary.at_level == 32
     assert summary.vs_naive == 15.0
     assert summary.vs_best_batching_baseline == 2.0
+    assert summary.unary_vs_naive == 16.5 and summary.unary_vs_best_batching_baseline == 2.2
     assert summary.ttft_c1_above_prefill_ms == 5.0

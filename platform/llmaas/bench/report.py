@@ -35,11 +35,13 @@ def write_suite_plot(path: Path, report: SuiteReport) -> bool:
         ("TTFT p50, ms (streaming targets)", "ttft_p50_ms"),
         ("end-to-end p50, ms", "e2e_p50_ms"),
     )
+    # NOTE: one colour per target in every panel, also where a target has no points (TTFT of unary ones)
+    colours = {name: f"C{i}" for i, name in enumerate(series)}
     for ax, (title, key) in zip(axes, panels, strict=True):
         for name, levels in series.items():
             points = [(r.level, getattr(r, key)) for r in levels if getattr(r, key) is not None]
             if points:
-                ax.plot(*zip(*points, strict=True), marker="o", label=name)
+                ax.plot(*zip(*points, strict=True), marker="o", label=name, color=colours[name])
         ax.set(title=title, xlabel="concurrent streams", xscale="log")
         ax.grid(alpha=0.3)
     if report.limit:

@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmaas.config.catalog import Catalog
 from llmaas.deployments.handles import HandleModel, HandleTokenizer
+from llmaas.metrics import set_request_id
 from llmaas.openai.errors import OpenAIError, bad_request, from_validation_error, internal
 from llmaas.openai.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from llmaas.openai.service import ROUTE_CHAT, ROUTE_COMPLETIONS, ROUTE_EMBEDDINGS, OpenAIService
@@ -129,6 +130,10 @@ class Router:
             raise
 
     async def _read(self, route: str, model: type[BaseModel], request: Request) -> Any:
+        # NOTE: Serve's proxy takes X-Request-Id from the client (or makes one) and echoes it in the
+        # response; the request log and metrics carry the same id.
+        # (a function, not the ContextVar: Serve pickles the ingress app, and a ContextVar cannot be)
+        set_request_id(request.headers.get("x-request-id"))
         try:
             data = await _read_json(request)
         except OpenAIError as exc:

@@ -19,10 +19,13 @@ and recording into the no-op recorder that unit tests get, needs no Ray.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sys
 import time
+import uuid
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -208,9 +211,19 @@ def status_of(exc: BaseException | None) -> int:
     return 500
 
 
+#: The id of the request being served (the router sets it from ``X-Request-Id``, which Serve's
+#: proxy accepts from the client or makes up, and echoes in the response).
+REQUEST_ID: ContextVar[str | None] = ContextVar("llmaas_request_id", default=None)
+
+
+def set_request_id(request_id: str | None) -> None:
+    """The id of the request the current task serves (None: traces make one up)."""
+    REQUEST_ID.set(request_id)
+
+
 @dataclass(frozen=True)
 class RequestRecord:
-    """What one finished request contributes to the metrics."""
+    """What one finished request contributes to the metrics and the request log."""
 
     model: str
     route: str
@@ -220,6 +233,22 @@ class RequestRecord:
     ttft_s: float | None
     tpot_s: float | None
     e2e_s: float
+    request_id: str = ""
+    stream: bool = False
+
+    def log_fields(self) -> dict[str, Any]:
+        """The request log's fields. NOTE: never the prompt or the completion text."""
+        return {
+            "request_id": self.request_id,
+            "model": self.model,
+            "route": self.route,
+            "stream": self.stream,
+            "status": self.status,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.generation_tokens,
+            "ttft_ms": None if self.ttft_s is None else round(self.ttft_s * 1000, 1),
+            "latency_ms": round(self.e2e_s * 1000, 1),
+        }
 
 
 class RequestRecorder:
@@ -260,9 +289,38 @@ class RayRequestRecorder(RequestRecorder):
             logger.exception("recording request metrics failed")
 
 
+class LogRecorder(RequestRecorder):
+    """One structured line per request (JSON after ``llmaas request``) in the replica's log.
+
+    NOTE: Serve writes the ``ray.serve`` logger to each replica's log file (and with
+    ``logging_config: {encoding: JSON}`` as JSON records, with these fields under ``llmaas``).
+    """
+
+    def __init__(self, log: logging.Logger | None = None) -> None:
+        self.log = log or logging.getLogger("ray.serve")
+
+    def record(self, record: RequestRecord) -> None:
+        fields = record.log_fields()
+        self.log.info("llmaas request %s", json.dumps(fields), extra={"llmaas": fields})
+
+
+class FanOut(RequestRecorder):
+    """Every record to each of several recorders; one failing never stops the others."""
+
+    def __init__(self, *recorders: RequestRecorder) -> None:
+        self.recorders = recorders
+
+    def record(self, record: RequestRecord) -> None:
+        for recorder in self.recorders:
+            try:
+                recorder.record(record)
+            except Exception:  # a sink must never fail a request
+                logger.exception("recording a request failed")
+
+
 def default_request_recorder() -> RequestRecorder:
-    """Ray's metrics where Ray is initialized, else the no-op recorder."""
-    return RayRequestRecorder() if ray_initialized() else RequestRecorder()
+    """Where Ray is initialized, Ray's metrics and the request log; else nothing (unit tests)."""
+    return FanOut(RayRequestRecorder(), LogRecorder()) if ray_initialized() else RequestRecorder()
 
 
 class RequestTrace:
@@ -280,6 +338,7 @@ class RequestTrace:
         "first_token_at",
         "model",
         "prompt_tokens",
+        "request_id",
         "route",
         "started",
         "stream",
@@ -296,6 +355,7 @@ class RequestTrace:
         self.first_token_at: float | None = None
         self.prompt_tokens = 0
         self.tokens: list[int] = []  # generated tokens so far, per choice
+        self.request_id = REQUEST_ID.get() or uuid.uuid4().hex
 
     def __enter__(self) -> RequestTrace:
         return self
@@ -330,6 +390,8 @@ class RequestTrace:
                 ttft_s=ttft,
                 tpot_s=tpot,
                 e2e_s=end - self.started,
+                request_id=self.request_id,
+                stream=self.stream,
             )
         )
 

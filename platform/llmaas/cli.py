@@ -5,6 +5,7 @@ Examples:
   llmaas serve --catalog models.yaml --host 0.0.0.0 --port 8080
   llmaas prepare --catalog models.yaml      # build/load demo models ahead of time
   llmaas check --catalog models.yaml        # validate a catalog, deploy nothing
+  llmaas status                             # replicas and load of every model of a running platform
   llmaas bench --catalog bench --model bench-llama --baselines all   # the committed benchmark
   llmaas bench --url http://127.0.0.1:8000 --model tiny-llama-chat    # load-test a running platform
 """
@@ -147,6 +148,32 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    import logging
+
+    import ray
+
+    from llmaas.status import collect, render
+
+    try:
+        ray.init(address=args.address, log_to_driver=False, logging_level=logging.ERROR)
+    except (ConnectionError, RuntimeError) as exc:
+        print(
+            f"error: no Ray cluster at {args.address!r} ({exc}); start one with `llmaas serve`",
+            file=sys.stderr,
+        )
+        return 1
+    status = collect(args.app)
+    if status is None:
+        print(f"error: Serve runs no application {args.app!r} on this cluster", file=sys.stderr)
+        return 1
+    print(status.model_dump_json(indent=2) if args.json else render(status))
+    healthy = status.status == "RUNNING" and all(
+        row.status == "HEALTHY" and not row.health_error for row in status.deployments
+    )
+    return 0 if healthy else 3
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from llmaas.bench import BenchConfig
     from llmaas.bench.report import write_suite_json, write_suite_plot
@@ -257,6 +284,15 @@ def parser() -> argparse.ArgumentParser:
     check_p = sub.add_parser("check", help="validate a catalog without deploying it")
     check_p.add_argument("--catalog")
     check_p.set_defaults(func=cmd_check)
+    status_p = sub.add_parser(
+        "status", help="deployments, replicas and each model's load (exit 0: all healthy, 3: not)"
+    )
+    status_p.add_argument("--address", default="auto", help="the Ray cluster (default: the local one)")
+    status_p.add_argument(
+        "--app", default="llmaas", help="the Serve application name (the catalog's app_name)"
+    )
+    status_p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    status_p.set_defaults(func=cmd_status)
     bench_p = sub.add_parser(
         "bench",
         help="benchmark a model: concurrency sweep and fixed rate over HTTP, plus baselines; JSON + PNG",

@@ -14,7 +14,9 @@ PROMPT = "zebra-quartz-lantern"  # a phrase no other log line holds
 def _router_logs() -> list[Path]:
     import ray
 
-    logs = Path(ray._private.worker.global_worker.node.get_logs_dir_path()) / "serve"
+    node = ray._private.worker.global_worker.node
+    assert node is not None, "Ray is not initialized in this process"
+    logs = Path(node.get_logs_dir_path()) / "serve"
     return sorted(logs.glob("replica_llmaas_router_*.log"))
 
 

@@ -6,7 +6,7 @@ TORCH  ?= torch==2.13.0
 ARGS   ?=
 BIN     = $(VENV)/bin
 
-.PHONY: install serve test lint typecheck unit integration clean
+.PHONY: install serve test lint typecheck unit integration notebook clean
 
 install: $(VENV)/.installed
 
@@ -33,8 +33,14 @@ unit: install
 integration: install
 	$(BIN)/python -m pytest tests/integration -q
 
+# Executes notebooks/quickstart.ipynb end to end (its own Ray and platform, on a free port); the
+# executed copy goes to build/notebooks/ (ignored). The demo model is cached in .models/, as for the tests.
+notebook: install
+	LLMAAS_CACHE_DIR=$(CURDIR)/.models $(BIN)/python notebooks/run.py notebooks/quickstart.ipynb --out build/notebooks
+
 test: lint typecheck
 	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=10
+	$(MAKE) notebook
 
 clean:
 	rm -rf $(VENV) .models .mypy_cache .ruff_cache

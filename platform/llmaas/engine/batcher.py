@@ -126,6 +126,7 @@ class BatchScheduler:
         self.kv_peak_tokens = 0
         self.kv_deferred = 0  # admissions deferred because the KV cache was full
         self._deferred: Sequence | None = None
+        self._ended: list[tuple[Sequence, GenerationChunk]] = []  # last chunks of this step
 
     # ---- event-loop side -------------------------------------------------------------
     def start(self) -> None:
@@ -206,6 +207,11 @@ class BatchScheduler:
             self._running = batch.num_alive
             self.kv_used_tokens = 0 if batch.mask is None or not batch.rows else batch.mask.numel()
             self.kv_peak_tokens = max(self.kv_peak_tokens, self.kv_used_tokens)
+            # NOTE: last chunks go out after the counts above: a caller that has its whole answer
+            # never sees its sequence still counted as running.
+            for seq, chunk in self._ended:
+                seq.emit(chunk)
+            self._ended.clear()
 
     def _next_waiting(self, timeout: float) -> Sequence | None:
         if self._deferred is not None:
@@ -374,5 +380,8 @@ class BatchScheduler:
         text: str = "",
         error: str | None = None,
     ) -> None:
+        """End ``seq``; its last chunk is sent at the end of this step (see ``_loop``)."""
         seq.done = True
-        seq.emit(self._chunk(seq, text=text, token_ids=token_ids or [], finish_reason=reason, error=error))
+        self._ended.append(
+            (seq, self._chunk(seq, text=text, token_ids=token_ids or [], finish_reason=reason, error=error))
+        )

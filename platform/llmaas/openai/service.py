@@ -345,14 +345,26 @@ class OpenAIService:
 
     async def completion_stream(self, request: CompletionRequest) -> AsyncIterator[CompletionResponse]:
         """Validate first (errors raise before any byte is sent), then stream chunks."""
-        trace = self._trace(request.model, ROUTE_COMPLETIONS, stream=True)
+        prepared, trace = await self._start_stream(
+            request, ROUTE_COMPLETIONS, self._completion_prompt(request), "prompt"
+        )
+        return self._completion_chunks(request, prepared, trace)
+
+    async def _start_stream(
+        self,
+        request: CompletionRequest | ChatCompletionRequest,
+        route: str,
+        prompt: Awaitable[tuple[ModelSpec, list[int]]],
+        param: str,
+    ) -> tuple[_Prepared, RequestTrace]:
+        """A stream's prompt and requests, with its trace; a refusal here ends the trace."""
+        trace = self._trace(request.model, route, stream=True)
         try:
-            spec, ids = await self._completion_prompt(request)
-            prepared = await self._prepare(request, ids, spec, "prompt")
+            spec, ids = await prompt
+            return await self._prepare(request, ids, spec, param), trace
         except BaseException as exc:
             trace.finish(exc)
             raise
-        return self._completion_chunks(request, prepared, trace)
 
     async def _completion_chunks(
         self, request: CompletionRequest, prepared: _Prepared, trace: RequestTrace
@@ -382,13 +394,9 @@ class OpenAIService:
                 )
 
     async def chat_stream(self, request: ChatCompletionRequest) -> AsyncIterator[ChatCompletionChunk]:
-        trace = self._trace(request.model, ROUTE_CHAT, stream=True)
-        try:
-            spec, ids = await self._chat_prompt(request)
-            prepared = await self._prepare(request, ids, spec, "messages")
-        except BaseException as exc:
-            trace.finish(exc)
-            raise
+        prepared, trace = await self._start_stream(
+            request, ROUTE_CHAT, self._chat_prompt(request), "messages"
+        )
         return self._chat_chunks(request, prepared, trace)
 
     async def _chat_chunks(

@@ -408,13 +408,12 @@ class ReplicaLoad:
 
     @classmethod
     def from_health(cls, health: EngineHealth, max_batch_size: int) -> ReplicaLoad:
-        kv = health.kv_used_tokens / health.kv_capacity_tokens if health.kv_capacity_tokens > 0 else 0.0
         batch = health.running / max_batch_size if max_batch_size > 0 else 0.0
         return cls(
             running=health.running,
             waiting=health.waiting,
             batch_usage=min(batch, 1.0),
-            kv_usage=min(kv, 1.0),
+            kv_usage=health.kv_usage or 0.0,
         )
 
 

@@ -97,11 +97,7 @@ def _load(row: DeploymentRow) -> tuple[str, str, str, str]:
     health = row.health
     if health is None:
         return ("-", "-", "-", row.health_error and "unreachable")
-    kv = (
-        f"{100 * health.kv_used_tokens / health.kv_capacity_tokens:.0f}%"
-        if health.kv_capacity_tokens
-        else "-"
-    )
+    kv = "-" if health.kv_usage is None else f"{100 * health.kv_usage:.0f}%"
     return (str(health.running), str(health.waiting), kv, "ok" if health.healthy else health.detail)
 
 

@@ -78,3 +78,10 @@ class EngineHealth(BaseModel):
     kv_used_tokens: int = 0  # slots the running batch holds now (rows x padded width)
     kv_peak_tokens: int = 0  # most slots ever held
     kv_deferred: int = 0  # admissions that waited because the KV cache was full
+
+    @property
+    def kv_usage(self) -> float | None:
+        """KV slots held over the budget (0..1); None for an engine without a KV budget."""
+        if self.kv_capacity_tokens <= 0:
+            return None
+        return min(self.kv_used_tokens / self.kv_capacity_tokens, 1.0)

@@ -14,6 +14,7 @@ from ray.serve import Application
 
 from llmaas.config.base import BaseConfig
 from llmaas.config.catalog import Catalog, ComponentConfig, ModelSpec, deployment_name
+from llmaas.deployments.gateway import GatewayReplica
 from llmaas.deployments.model_replica import ModelReplica
 from llmaas.deployments.router import Router
 from llmaas.deployments.tokenizer import Tokenizer
@@ -91,8 +92,19 @@ def build_from_catalog(catalog: Catalog, *, engine_cls: type[Engine] | None = No
         for spec in catalog.models
     }
     tokenizer = _deployment(Tokenizer, _component_options("tokenizer", catalog.tokenizer)).bind(catalog)
+    gateway = None
+    if catalog.gateway is not None:
+        gateway = _deployment(
+            GatewayReplica,
+            {
+                "name": "gateway",
+                "num_replicas": 1,  # NOTE: one replica: the limits' counters live in one place
+                "max_ongoing_requests": 100_000,
+                "ray_actor_options": {"num_cpus": catalog.gateway.num_cpus},
+            },
+        ).bind(catalog.gateway)
     router = _deployment(Router, _component_options("router", catalog.router))
-    return router.bind(catalog, tokenizer, models)
+    return router.bind(catalog, tokenizer, models, gateway)
 
 
 def build_app(args: dict[str, Any]) -> Application:

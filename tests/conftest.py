@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,3 +38,15 @@ def minilm_path() -> Path:
     from llmaas.models import minilm_path as locate
 
     return locate()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL server for the session (Debian's package; .ci/run installs it)."""
+    from tests.postgres import available, postgres_server
+
+    reason = available()
+    if reason:
+        pytest.skip(reason)
+    with postgres_server() as url:
+        yield url

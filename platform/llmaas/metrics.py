@@ -214,11 +214,18 @@ def status_of(exc: BaseException | None) -> int:
 #: The id of the request being served (the router sets it from ``X-Request-Id``, which Serve's
 #: proxy accepts from the client or makes up, and echoes in the response).
 REQUEST_ID: ContextVar[str | None] = ContextVar("llmaas_request_id", default=None)
+#: The id of the API key the current request came with (None: auth is off, or a handle caller).
+KEY_ID: ContextVar[str | None] = ContextVar("llmaas_key_id", default=None)
 
 
-def set_request_id(request_id: str | None) -> None:
-    """The id of the request the current task serves (None: traces make one up)."""
+def set_request_id(request_id: str | None, key_id: str | None = None) -> None:
+    """The id of the request the current task serves (None: traces make one up), and its key's."""
     REQUEST_ID.set(request_id)
+    KEY_ID.set(key_id)
+
+
+def current_request_id() -> str | None:
+    return REQUEST_ID.get()
 
 
 @dataclass(frozen=True)
@@ -235,11 +242,13 @@ class RequestRecord:
     e2e_s: float
     request_id: str = ""
     stream: bool = False
+    key_id: str | None = None
 
     def log_fields(self) -> dict[str, Any]:
         """The request log's fields. NOTE: never the prompt or the completion text."""
         return {
             "request_id": self.request_id,
+            "key_id": self.key_id,
             "model": self.model,
             "route": self.route,
             "stream": self.stream,
@@ -336,6 +345,7 @@ class RequestTrace:
         "_done",
         "_recorder",
         "first_token_at",
+        "key_id",
         "model",
         "prompt_tokens",
         "request_id",
@@ -356,6 +366,7 @@ class RequestTrace:
         self.prompt_tokens = 0
         self.tokens: list[int] = []  # generated tokens so far, per choice
         self.request_id = REQUEST_ID.get() or uuid.uuid4().hex
+        self.key_id = KEY_ID.get()
 
     def __enter__(self) -> RequestTrace:
         return self
@@ -392,6 +403,7 @@ class RequestTrace:
                 e2e_s=end - self.started,
                 request_id=self.request_id,
                 stream=self.stream,
+                key_id=self.key_id,
             )
         )
 

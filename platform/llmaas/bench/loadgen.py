@@ -67,6 +67,7 @@ class BenchConfig(BaseConfig):
     output_tokens: tuple[int, int] = Field(default=(32, 128), description="max_tokens range (ignore_eos).")
     seed: int = 0
     timeout_s: float = Field(default=600.0, gt=0)
+    api_key: str | None = Field(default=None, description="Sent as 'Authorization: Bearer' (a gateway).")
 
     def target(self) -> Target:
         return Target(name="llmaas", url=self.url, model=self.model)
@@ -275,7 +276,8 @@ async def run_bench(config: BenchConfig, target: Target | None = None) -> list[L
     target = target or config.target()
     limits = httpx.Limits(max_connections=max([*config.concurrency, 1]) + 16, max_keepalive_connections=64)
     reports: list[LevelReport] = []
-    async with httpx.AsyncClient(timeout=config.timeout_s, limits=limits) as client:
+    headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else None
+    async with httpx.AsyncClient(timeout=config.timeout_s, limits=limits, headers=headers) as client:
         await one_request(client, target, make_workload(config, 1, random.Random(-1))[0])  # warm-up
         for level in config.concurrency:
             # NOTE: each level draws from its own seed, so every target gets the same requests there.

@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import ByteSize, Field, field_validator, model_validator
 
 from llmaas.config.base import BaseConfig
+from llmaas.config.gateway import GatewayConfig
 
 MODEL_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 
@@ -313,6 +314,10 @@ class Catalog(BaseConfig):
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     request_timeout_s: float = Field(
         default=600.0, gt=0, description="An accepted request that takes longer ends with a 504."
+    )
+    gateway: GatewayConfig | None = Field(
+        default=None,
+        description="API keys, per-key limits and the usage ledger; left out: no keys, no ledger.",
     )
 
     @field_validator("app_name")

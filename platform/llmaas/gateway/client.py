@@ -1,0 +1,126 @@
+"""The router's side of the gateway: checks a caller's key, and sends ledger rows.
+
+``GatewayClient`` wraps the gateway deployment's handle. Rows go out as soon as a request ends
+(``record``, called by the service's trace); the router then ``settle``s the request, waiting
+for its row to be committed before it sends the last byte of the response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from llmaas.gateway.keys import hash_secret, well_formed
+from llmaas.gateway.service import Admission
+from llmaas.gateway.store import UsageRow
+from llmaas.metrics import RequestRecord, RequestRecorder
+from llmaas.openai.errors import OpenAIError
+
+logger = logging.getLogger("ray.serve")
+
+#: How long a response waits for its ledger row before it is sent anyway (and an error logged).
+SETTLE_TIMEOUT_S = 30.0
+
+
+def unauthorized(message: str, code: str = "invalid_api_key") -> OpenAIError:
+    return OpenAIError(401, message, code=code, headers={"WWW-Authenticate": 'Bearer realm="llmaas"'})
+
+
+def bearer_secret(authorization: str | None) -> str:
+    """The key in ``Authorization: Bearer KEY``, or a 401 saying what is wrong."""
+    if not authorization:
+        raise unauthorized(
+            "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY' "
+            "(the openai client's api_key).",
+            code="missing_api_key",
+        )
+    scheme, _, secret = authorization.strip().partition(" ")
+    secret = secret.strip()
+    if scheme.lower() != "bearer" or not secret:
+        raise unauthorized("The Authorization header must be 'Bearer YOUR_KEY'.", code="invalid_api_key")
+    if not well_formed(secret):
+        raise unauthorized("Incorrect API key provided. Ask your operator for a key.")
+    return secret
+
+
+def raise_refusal(admission: Admission) -> None:
+    if admission.ok:
+        return
+    if admission.status == 401:
+        raise unauthorized(admission.message, admission.code or "invalid_api_key")
+    headers = {"Retry-After": str(admission.retry_after_s)} if admission.retry_after_s else None
+    kind = "rate_limit_error" if admission.status == 429 else "permission_error"
+    raise OpenAIError(admission.status, admission.message, type=kind, code=admission.code, headers=headers)
+
+
+class GatewayClient(RequestRecorder):
+    """Authorizes callers and records finished requests in the ledger, through the gateway's handle."""
+
+    def __init__(self, handle: Any, *, auth: bool, ledger: bool) -> None:
+        self.handle = handle
+        self.auth = auth
+        self.ledger = ledger
+        self._pending: dict[str, set[asyncio.Task[None]]] = {}
+
+    async def authorize(
+        self, authorization: str | None, model: str | None, *, admin: bool = False
+    ) -> str | None:
+        """The caller's key id (None with auth off); raises the 401/403/429 to send otherwise."""
+        if not self.auth and not admin:
+            return None
+        if not self.auth:
+            raise OpenAIError(
+                403,
+                "Admin routes need API keys: set gateway.auth: true in the catalog and use an admin key.",
+                type="permission_error",
+                code="auth_disabled",
+            )
+        secret = bearer_secret(authorization)
+        admission: Admission = await self.handle.admit.remote(hash_secret(secret), model, admin=admin)
+        raise_refusal(admission)
+        return admission.key_id
+
+    # ---- ledger --------------------------------------------------------------------------------
+    def record(self, record: RequestRecord) -> None:
+        if not (self.ledger or record.key_id):
+            return
+        row = UsageRow(
+            request_id=record.request_id,
+            key_id=record.key_id,
+            model=record.model,
+            route=record.route,
+            status=record.status,
+            prompt_tokens=record.prompt_tokens,
+            completion_tokens=record.generation_tokens,
+            latency_ms=round(record.e2e_s * 1000, 3),
+            created_at=time.time(),
+        )
+        task = asyncio.get_running_loop().create_task(self._send(row))
+        waiting = self._pending.setdefault(record.request_id, set())
+        waiting.add(task)
+        task.add_done_callback(lambda t: self._forget(record.request_id, t))
+
+    async def _send(self, row: UsageRow) -> None:
+        await self.handle.record.remote(row)
+
+    def _forget(self, request_id: str, task: asyncio.Task[None]) -> None:
+        waiting = self._pending.get(request_id)
+        if waiting is not None:
+            waiting.discard(task)
+            if not waiting:
+                del self._pending[request_id]
+        if not task.cancelled() and task.exception() is not None:
+            logger.error(
+                "llmaas ledger: the row of request %s was not committed: %r", request_id, task.exception()
+            )
+
+    async def settle(self, request_id: str | None) -> None:
+        """Wait until the ledger rows of ``request_id`` are committed (bounded; failures are logged)."""
+        tasks = list(self._pending.get(request_id or "", ()))
+        if not tasks:
+            return
+        done, _ = await asyncio.wait([asyncio.shield(t) for t in tasks], timeout=SETTLE_TIMEOUT_S)
+        if len(done) < len(tasks):
+            logger.error("llmaas ledger: request %s answered before its row was committed", request_id)

@@ -1,0 +1,243 @@
+"""The gateway's durable store: API keys and the usage ledger, in SQLite or PostgreSQL.
+
+Both speak the same few statements (written with ``?`` placeholders; PostgreSQL's driver gets
+``%s``). Methods are blocking: the gateway runs them in a thread, the CLI calls them directly.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydantic import BaseModel
+
+from llmaas.gateway.keys import ApiKey
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS api_keys (
+        id TEXT PRIMARY KEY, name TEXT NOT NULL, key_hash TEXT NOT NULL UNIQUE, prefix TEXT NOT NULL,
+        admin BOOLEAN NOT NULL, models TEXT, rpm INTEGER, tpm INTEGER,
+        created_at DOUBLE PRECISION NOT NULL, expires_at DOUBLE PRECISION, revoked_at DOUBLE PRECISION)""",
+    """CREATE TABLE IF NOT EXISTS usage (
+        request_id TEXT NOT NULL, key_id TEXT, model TEXT NOT NULL, route TEXT NOT NULL,
+        status INTEGER NOT NULL, prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,
+        latency_ms DOUBLE PRECISION NOT NULL, created_at DOUBLE PRECISION NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS usage_by_time ON usage (created_at)",
+)
+_KEY_COLUMNS = "id, name, key_hash, prefix, admin, models, rpm, tpm, created_at, expires_at, revoked_at"
+_USAGE_COLUMNS = (
+    "request_id, key_id, model, route, status, prompt_tokens, completion_tokens, latency_ms, created_at"
+)
+
+
+class UsageRow(BaseModel):
+    """One request in the ledger. NOTE: never the prompt or the completion text."""
+
+    request_id: str
+    key_id: str | None
+    model: str
+    route: str
+    status: int
+    prompt_tokens: int
+    completion_tokens: int
+    latency_ms: float
+    created_at: float
+
+
+class UsageSummary(BaseModel):
+    """Usage of one key on one model over a time range."""
+
+    key_id: str | None
+    model: str
+    requests: int
+    errors: int
+    prompt_tokens: int
+    completion_tokens: int
+    mean_latency_ms: float
+
+
+class Store(Protocol):
+    def create_key(self, key: ApiKey) -> None: ...
+    def all_keys(self) -> list[ApiKey]: ...
+    def key_by_hash(self, key_hash: str) -> ApiKey | None: ...
+    def revoke_key(self, key_id: str, at: float) -> bool: ...
+    def add_usage(self, rows: Sequence[UsageRow]) -> None: ...
+    def usage(self, since: float = 0.0, until: float | None = None) -> list[UsageSummary]: ...
+    def usage_rows(self, since: float = 0.0) -> list[UsageRow]: ...
+    def close(self) -> None: ...
+
+
+class _SQLStore:
+    """The statements, over a DB-API connection made by a subclass."""
+
+    placeholder = "?"
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # one connection, used from one thread at a time
+        with self._tx() as cur:
+            for statement in _SCHEMA:
+                cur.execute(statement)
+
+    @contextmanager
+    def _tx(self) -> Iterator[Any]:
+        raise NotImplementedError
+
+    def _sql(self, statement: str) -> str:
+        return statement.replace("?", self.placeholder)
+
+    def _fetch(self, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._tx() as cur:
+            cur.execute(self._sql(statement), tuple(params))
+            return list(cur.fetchall())
+
+    # ---- keys ----------------------------------------------------------------------------------
+    def create_key(self, key: ApiKey) -> None:
+        with self._tx() as cur:
+            cur.execute(
+                self._sql(f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)"),
+                (
+                    key.id, key.name, key.key_hash, key.prefix, key.admin,
+                    None if key.models is None else json.dumps(key.models),
+                    key.rpm, key.tpm, key.created_at, key.expires_at, key.revoked_at,
+                ),
+            )  # fmt: skip
+
+    @staticmethod
+    def _key(row: tuple[Any, ...]) -> ApiKey:
+        kid, name, key_hash, prefix, admin, models, rpm, tpm, created, expires, revoked = row
+        return ApiKey(
+            id=kid,
+            name=name,
+            key_hash=key_hash,
+            prefix=prefix,
+            admin=bool(admin),
+            models=None if models is None else json.loads(models),
+            rpm=rpm,
+            tpm=tpm,
+            created_at=created,
+            expires_at=expires,
+            revoked_at=revoked,
+        )
+
+    def all_keys(self) -> list[ApiKey]:
+        return [self._key(r) for r in self._fetch(f"SELECT {_KEY_COLUMNS} FROM api_keys ORDER BY created_at")]
+
+    def key_by_hash(self, key_hash: str) -> ApiKey | None:
+        rows = self._fetch(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_hash = ?", (key_hash,))
+        return self._key(rows[0]) if rows else None
+
+    def revoke_key(self, key_id: str, at: float) -> bool:
+        with self._tx() as cur:
+            cur.execute(
+                self._sql("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL"),
+                (at, key_id),
+            )
+            return bool(cur.rowcount)
+
+    # ---- usage ---------------------------------------------------------------------------------
+    def add_usage(self, rows: Sequence[UsageRow]) -> None:
+        """Insert ``rows`` in one transaction: all are durable when this returns, or none."""
+        if not rows:
+            return
+        with self._tx() as cur:
+            cur.executemany(
+                self._sql(f"INSERT INTO usage ({_USAGE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)"),
+                [
+                    (
+                        r.request_id, r.key_id, r.model, r.route, r.status, r.prompt_tokens,
+                        r.completion_tokens, r.latency_ms, r.created_at,
+                    )
+                    for r in rows
+                ],
+            )  # fmt: skip
+
+    def usage(self, since: float = 0.0, until: float | None = None) -> list[UsageSummary]:
+        rows = self._fetch(
+            "SELECT key_id, model, COUNT(*), SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END), "
+            "SUM(prompt_tokens), SUM(completion_tokens), AVG(latency_ms) FROM usage "
+            "WHERE created_at >= ? AND created_at < ? GROUP BY key_id, model ORDER BY key_id, model",
+            (since, until if until is not None else float("inf")),
+        )
+        return [
+            UsageSummary(
+                key_id=k,
+                model=m,
+                requests=int(n),
+                errors=int(e),
+                prompt_tokens=int(p),
+                completion_tokens=int(c),
+                mean_latency_ms=round(float(lat), 1),
+            )
+            for k, m, n, e, p, c, lat in rows
+        ]
+
+    def usage_rows(self, since: float = 0.0) -> list[UsageRow]:
+        rows = self._fetch(
+            f"SELECT {_USAGE_COLUMNS} FROM usage WHERE created_at >= ? ORDER BY created_at", (since,)
+        )
+        return [UsageRow(**dict(zip(UsageRow.model_fields, r, strict=True))) for r in rows]
+
+
+class SQLiteStore(_SQLStore):
+    """A file database in WAL mode: readers never block the ledger's writer."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path).expanduser()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # NOTE: check_same_thread=False with our own lock: the gateway's writer runs in a worker thread.
+        self._conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        # FULL: a committed row survives a power loss too, not only a process kill.
+        self._conn.execute("PRAGMA synchronous=FULL")
+        super().__init__()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Cursor]:
+        with self._lock:
+            cur = self._conn.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                yield cur
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            cur.execute("COMMIT")
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+class PostgresStore(_SQLStore):
+    placeholder = "%s"
+
+    def __init__(self, url: str) -> None:
+        try:
+            import psycopg
+        except ImportError as exc:
+            raise RuntimeError(
+                "a postgresql:// database needs psycopg: pip install 'llmaas[postgres]'"
+            ) from exc
+        self._conn = psycopg.connect(url, autocommit=False)
+        super().__init__()
+
+    @contextmanager
+    def _tx(self) -> Iterator[Any]:
+        with self._lock, self._conn.transaction(), self._conn.cursor() as cur:
+            yield cur
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def open_store(url: str) -> Store:
+    """``sqlite:///PATH`` (``~`` allowed) or ``postgresql://...``."""
+    if url.startswith("sqlite:///"):
+        return SQLiteStore(url.removeprefix("sqlite:///"))
+    if url.startswith(("postgresql://", "postgres://")):
+        return PostgresStore(url)
+    raise ValueError(f"unknown database URL {url!r}: use sqlite:///PATH or postgresql://...")

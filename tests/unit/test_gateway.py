@@ -1,0 +1,299 @@
+"""The gateway without Serve: keys, limits, the store (SQLite and PostgreSQL) and the ledger."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from llmaas.config.catalog import Catalog
+from llmaas.config.gateway import GatewayConfig
+from llmaas.gateway.client import bearer_secret
+from llmaas.gateway.keys import ApiKey, KeyRequest, hash_secret, make_key, well_formed
+from llmaas.gateway.limits import WINDOW_S, RateLimiter, SlidingWindow
+from llmaas.gateway.service import Gateway
+from llmaas.gateway.store import Store, UsageRow, open_store
+from llmaas.openai.errors import OpenAIError
+
+
+class Clock:
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _row(i: int, key_id: str | None = "key_a", status: int = 200, model: str = "m") -> UsageRow:
+    return UsageRow(
+        request_id=f"r{i}",
+        key_id=key_id,
+        model=model,
+        route="/v1/chat/completions",
+        status=status,
+        prompt_tokens=10,
+        completion_tokens=5,
+        latency_ms=12.5,
+        created_at=1000.0 + i,
+    )
+
+
+# ---- keys -----------------------------------------------------------------------------------------
+def test_a_new_key_is_stored_as_a_hash_only():
+    made = make_key(KeyRequest(name="alice", models=["m"], rpm=5))
+    assert well_formed(made.secret)
+    assert made.key.key_hash == hash_secret(made.secret)
+    assert made.secret not in made.key.model_dump_json()
+    assert "key_hash" not in made.key.public()
+    assert made.secret.startswith(made.key.prefix)
+    assert make_key(KeyRequest(name="alice")).secret != made.secret
+
+
+def test_key_usability_and_models():
+    made = make_key(KeyRequest(name="bob", models=["a"], expires_in_s=10), now=100.0)
+    assert made.key.usable(105.0) is None
+    assert made.key.usable(110.0) == "expired"
+    assert made.key.model_copy(update={"revoked_at": 101.0}).usable(102.0) == "revoked"
+    assert made.key.allows("a") and not made.key.allows("b")
+    assert make_key(KeyRequest(name="c")).key.allows("anything")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"name": ""},
+        {"name": "x", "models": []},
+        {"name": "x", "rpm": 0},
+        {"name": "x", "tpm": -1},
+        {"rpm": 1},
+    ],
+)
+def test_key_requests_are_validated(body):
+    with pytest.raises(ValidationError):
+        KeyRequest.model_validate(body)
+
+
+def test_database_url_must_be_sqlite_or_postgres():
+    with pytest.raises(ValidationError, match="sqlite:///PATH"):
+        GatewayConfig(database="mysql://x")
+    catalog = Catalog.model_validate(
+        {"models": [{"id": "m", "source": {"demo": "tiny-gpt2"}}], "gateway": {"database": "sqlite:///x.db"}}
+    )
+    assert catalog.gateway is not None and catalog.gateway.auth
+
+
+@pytest.mark.parametrize(
+    ("header", "code"),
+    [(None, "missing_api_key"), ("", "missing_api_key"), ("Basic abc", "invalid_api_key"),
+     ("Bearer ", "invalid_api_key"), ("Bearer sk-not-ours", "invalid_api_key")],
+)  # fmt: skip
+def test_bearer_header_problems_are_401(header, code):
+    with pytest.raises(OpenAIError) as caught:
+        bearer_secret(header)
+    assert caught.value.status == 401 and caught.value.code == code
+    assert caught.value.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_bearer_header_gives_the_secret():
+    secret = make_key(KeyRequest(name="x")).secret
+    assert bearer_secret(f"Bearer {secret}") == secret
+    assert bearer_secret(f"bearer   {secret} ") == secret
+
+
+# ---- limits ---------------------------------------------------------------------------------------
+def test_requests_per_minute_and_retry_after():
+    limiter, t = RateLimiter(), 0.0
+    for i in range(3):
+        assert limiter.admit("k", rpm=3, tpm=None, now=t + i) is None
+    refused = limiter.admit("k", rpm=3, tpm=None, now=t + 10)
+    assert refused is not None and refused.what == "requests" and refused.limit == 3
+    assert refused.retry_after_s == 50  # the first request leaves the window at t=60
+    assert limiter.admit("k", rpm=3, tpm=None, now=t + WINDOW_S + 0.5) is None
+    assert limiter.admit("other", rpm=3, tpm=None, now=t + 10) is None  # per key
+
+
+def test_tokens_per_minute_counts_what_requests_used():
+    limiter = RateLimiter()
+    assert limiter.admit("k", rpm=None, tpm=100, now=0) is None
+    limiter.spend("k", 60, now=1)
+    assert limiter.admit("k", rpm=None, tpm=100, now=2) is None
+    limiter.spend("k", 50, now=3)
+    refused = limiter.admit("k", rpm=None, tpm=100, now=4)
+    assert refused is not None and refused.what == "tokens" and refused.retry_after_s == 57
+    assert limiter.admit("k", rpm=None, tpm=100, now=61.5) is None  # the first 60 tokens left
+
+
+def test_sliding_window_prunes():
+    window = SlidingWindow()
+    window.add(0, 5)
+    window.add(30, 5)
+    window.prune(61)
+    assert window.total == 5 and len(window.events) == 1
+
+
+# ---- store ----------------------------------------------------------------------------------------
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'gw.db'}"
+    url = request.getfixturevalue("postgres_url")
+    store = open_store(url)  # a clean slate per test
+    with store._tx() as cur:  # type: ignore[attr-defined]
+        cur.execute("DELETE FROM usage")
+        cur.execute("DELETE FROM api_keys")
+    store.close()
+    return str(url)
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[Store]:
+    opened = open_store(store_url)
+    yield opened
+    opened.close()
+
+
+def test_store_keys_round_trip(store: Store, store_url: str):
+    made = make_key(KeyRequest(name="alice", models=["a", "b"], rpm=5, tpm=100, admin=True))
+    store.create_key(made.key)
+    again = open_store(store_url)  # another process's view
+    assert again.key_by_hash(made.key.key_hash) == made.key
+    assert [k.id for k in again.all_keys()] == [made.key.id]
+    assert again.key_by_hash(hash_secret("nope")) is None
+    assert store.revoke_key(made.key.id, at=5.0)
+    assert not store.revoke_key(made.key.id, at=6.0)  # already revoked
+    revoked = again.key_by_hash(made.key.key_hash)
+    assert revoked is not None and revoked.revoked_at == 5.0
+    again.close()
+
+
+def test_store_usage_rows_and_summary(store: Store, store_url: str):
+    store.add_usage([_row(i) for i in range(3)] + [_row(3, status=429), _row(4, key_id=None, model="e")])
+    again = open_store(store_url)
+    rows = again.usage_rows()
+    assert [r.request_id for r in rows] == ["r0", "r1", "r2", "r3", "r4"]
+    assert rows[0] == _row(0)
+    summary = {(s.key_id, s.model): s for s in again.usage()}
+    a = summary[("key_a", "m")]
+    assert (a.requests, a.errors, a.prompt_tokens, a.completion_tokens) == (4, 1, 40, 20)
+    assert summary[(None, "e")].requests == 1
+    assert [s.requests for s in again.usage(since=1003.0)] == [1, 1]
+    again.close()
+
+
+def test_sqlite_store_is_in_wal_mode_with_full_sync(tmp_path: Path):
+    open_store(f"sqlite:///{tmp_path / 'w.db'}").close()
+    conn = sqlite3.connect(tmp_path / "w.db")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+# ---- the gateway ----------------------------------------------------------------------------------
+def _gateway(store_url: str, clock: Clock, **config: object) -> Gateway:
+    return Gateway(GatewayConfig(database=store_url, **config), clock=clock)  # type: ignore[arg-type]
+
+
+def test_admission_answers(store_url: str):
+    async def main() -> None:
+        clock = Clock()
+        gw = _gateway(store_url, clock)
+        await gw.start()
+        user = await gw.create_key(KeyRequest(name="u", models=["a"], rpm=2))
+        admin = await gw.create_key(KeyRequest(name="ops", admin=True))
+        h = user.key.key_hash
+        assert (await gw.admit(hash_secret("llmaas-unknown"), "a")).status == 401
+        assert (await gw.admit(h, "b")).status == 403
+        assert (await gw.admit(h, "a")).key_id == user.key.id
+        assert (await gw.admit(h, "a")).ok
+        limited = await gw.admit(h, "a")
+        assert (
+            limited.status == 429
+            and limited.retry_after_s == 60
+            and "2 requests per minute" in limited.message
+        )
+        assert (await gw.admit(h, None, admin=True)).status == 403
+        assert (await gw.admit(admin.key.key_hash, None, admin=True)).key_id == admin.key.id
+        assert await gw.revoke_key(user.key.id)
+        revoked = await gw.admit(h, "a")
+        assert revoked.status == 401 and revoked.code == "key_revoked"
+        await gw.stop()
+
+    asyncio.run(main())
+
+
+def test_keys_made_or_revoked_elsewhere_take_effect(store_url: str):
+    async def main() -> None:
+        clock = Clock()
+        gw = _gateway(store_url, clock, key_refresh_s=0.2)
+        await gw.start()
+        cli = open_store(store_url)  # the CLI writes the database directly
+        made = make_key(KeyRequest(name="late", expires_in_s=30), now=clock.now)
+        cli.create_key(made.key)
+        assert (await gw.admit(made.key.key_hash, "a")).ok  # at once: a miss looks in the store
+        cli.revoke_key(made.key.id, at=clock.now)
+        await asyncio.sleep(0.3)
+        assert (await gw.admit(made.key.key_hash, "a")).code == "key_revoked"
+        clock.now += 31
+        other = make_key(KeyRequest(name="short", expires_in_s=1), now=clock.now - 2)
+        cli.create_key(other.key)
+        assert (await gw.admit(other.key.key_hash, "a")).code == "key_expired"
+        cli.close()
+        await gw.stop()
+
+    asyncio.run(main())
+
+
+def test_ledger_commits_concurrent_rows_in_groups(store_url: str):
+    async def main() -> None:
+        gw = _gateway(store_url, Clock(), commit_interval_ms=5)
+        await gw.start()
+        await asyncio.gather(*(gw.record(_row(i)) for i in range(200)))
+        # every awaited row is committed: a fresh connection sees them all
+        reader = open_store(store_url)
+        assert len(reader.usage_rows()) == 200
+        reader.close()
+        assert gw.rows_committed == 200
+        assert gw.commits < 20, f"{gw.commits} commits for 200 concurrent rows: no grouping"
+        await gw.stop()
+
+    asyncio.run(main())
+
+
+def test_ledger_rows_spend_the_keys_tokens(store_url: str):
+    async def main() -> None:
+        clock = Clock()
+        gw = _gateway(store_url, clock)
+        await gw.start()
+        made = await gw.create_key(KeyRequest(name="t", tpm=20))
+        assert (await gw.admit(made.key.key_hash, "m")).ok
+        await gw.record(_row(0, key_id=made.key.id))  # 15 tokens
+        assert (await gw.admit(made.key.key_hash, "m")).ok
+        await gw.record(_row(1, key_id=made.key.id))  # 30 tokens: over 20
+        refused = await gw.admit(made.key.key_hash, "m")
+        assert refused.status == 429 and "20 tokens per minute" in refused.message
+        await gw.stop()
+
+    asyncio.run(main())
+
+
+class _BrokenStore:
+    def all_keys(self) -> list[ApiKey]:
+        return []
+
+    def add_usage(self, rows: object) -> None:
+        raise OSError("disk full")
+
+
+def test_a_failed_commit_fails_its_callers_and_the_writer_goes_on():
+    async def main() -> None:
+        gw = Gateway(GatewayConfig(), store=_BrokenStore())  # type: ignore[arg-type]
+        await gw.start()
+        with pytest.raises(RuntimeError, match="disk full"):
+            await gw.record(_row(0))
+        assert gw.healthy() is None
+        with pytest.raises(RuntimeError, match="disk full"):
+            await gw.record(_row(1))
+
+    asyncio.run(main())

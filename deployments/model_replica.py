@@ -2,6 +2,10 @@
 
 A generating replica also copies its engine's health numbers (running and waiting
 sequences, batch and KV occupancy) into Prometheus gauges every second (``llmaas.metrics``).
+
+An engine that breaks beyond repair (a tensor-parallel rank died) has already ended its
+requests with an error; its replica then exits, so that Serve replaces it at its next health
+check instead of after three failed ones and a drain.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from llmaas.models import resolve_model_path
 
 logger = logging.getLogger("ray.serve")
 
+FATAL_EXIT_DELAY_S = 1.0  # the ended requests' last chunks reach their callers before the exit
+
 
 class ModelReplica:
     """Loads the model (rank 0 plus TP peers), then serves generate / embed / info."""
@@ -42,12 +48,31 @@ class ModelReplica:
 
             kwargs["peers"] = RayPeerGroup(spec, path)
         self.engine = cls(spec, path, **kwargs)
+        self._loop = asyncio.get_running_loop()
+        self._exiting: asyncio.Task[None] | None = None
+        self.engine.on_fatal(self._on_fatal)
         await self.engine.start()
         self._gauges: asyncio.Task[None] | None = None
         if spec.task is Task.GENERATE and ray_initialized():
             gauges = ReplicaGauges(spec.id, spec.batching.max_batch_size)
             self._gauges = asyncio.create_task(gauges.report_forever(self.engine.health))
         logger.info("model %s ready (tp=%d) from %s", spec.id, spec.tensor_parallel_size, path)
+
+    def _on_fatal(self, reason: str) -> None:
+        """The engine cannot serve again (called from any thread): exit, and Serve starts a new replica."""
+        self._loop.call_soon_threadsafe(self._exit_soon, reason)
+
+    def _exit_soon(self, reason: str) -> None:
+        if self._exiting is None:
+            self._exiting = asyncio.create_task(self._exit(reason))
+
+    async def _exit(self, reason: str) -> None:
+        logger.error("model %s: %s; this replica exits so that Serve replaces it", self.spec.id, reason)
+        await asyncio.sleep(FATAL_EXIT_DELAY_S)
+        import ray
+
+        # NOTE: the TP workers are this process's actors: Ray ends them with it.
+        ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
 
     async def info(self) -> ModelInfo:
         return self.engine.info

@@ -8,6 +8,8 @@ through ``call`` / ``stream``, with plain dicts crossing the handle.
 import asyncio
 import json
 import logging
+import re
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal
 
@@ -21,9 +23,22 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmaas.config.catalog import Catalog
 from llmaas.deployments.handles import HandleModel, HandleTokenizer
-from llmaas.metrics import set_request_id
-from llmaas.openai.errors import OpenAIError, bad_request, from_validation_error, internal
-from llmaas.openai.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from llmaas.gateway.client import GatewayClient
+from llmaas.gateway.keys import KeyRequest
+from llmaas.metrics import FanOut, current_request_id, default_request_recorder, set_request_id
+from llmaas.openai.errors import OpenAIError, bad_request, from_validation_error, internal, json_type
+from llmaas.openai.protocol import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    ModelCard,
+    ModelList,
+    openapi_body,
+    openapi_responses,
+)
 from llmaas.openai.service import ROUTE_CHAT, ROUTE_COMPLETIONS, ROUTE_EMBEDDINGS, OpenAIService
 from llmaas.playground import playground_html
 from llmaas.tokenization import LocalFirstTokenizer, load_pool
@@ -38,6 +53,8 @@ app = FastAPI(
 
 Route = Literal["completions", "chat.completions", "embeddings", "models"]
 MAX_BODY_BYTES = 8 * 1024 * 1024
+#: a JSON escape of a UTF-16 surrogate (\ud800-\udfff): a body holding one is checked for a lone one
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def error_response(exc: OpenAIError) -> JSONResponse:
@@ -63,24 +80,53 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     return error_response(bad_request(f"Invalid request: {first.get('msg', 'invalid input')}", param=param))
 
 
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not a JSON number")
+
+
 async def _read_json(request: Request) -> Any:
-    body = await request.body()
-    if len(body) > MAX_BODY_BYTES:
+    """The body as JSON, refusing what no strict JSON parser (OpenAI's) accepts with a 400."""
+    chunks: list[bytes] = []
+    size = 0
+    # NOTE: past the limit the rest is read and dropped, not kept: the client, still sending,
+    # gets its 413 rather than a reset connection, and memory stays bounded.
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size <= MAX_BODY_BYTES:
+            chunks.append(chunk)
+    if size > MAX_BODY_BYTES:
         raise OpenAIError(
-            413, f"request body is {len(body)} bytes; the limit is {MAX_BODY_BYTES}", code="too_large"
+            413,
+            f"the request body is {size} bytes; the limit is {MAX_BODY_BYTES} bytes (8 MiB)",
+            code="too_large",
         )
-    if not body:
+    body = b"".join(chunks)
+    if not body.strip():
         raise bad_request("the request body is empty: send a JSON object", code="invalid_json")
     try:
-        return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        text = body.decode("utf-8")  # strict: no UTF-16, no encoded surrogates
+        data = json.loads(text, parse_constant=_not_json)
+        if _SURROGATE_ESCAPE.search(text):
+            json.dumps(data, ensure_ascii=False).encode("utf-8")  # raises on a lone surrogate
+    except RecursionError as exc:
+        raise bad_request(
+            "the request body is not valid JSON: it nests too deeply", code="invalid_json"
+        ) from exc
+    except UnicodeEncodeError as exc:
+        raise bad_request(
+            "the request body is not valid JSON: a string holds an unpaired UTF-16 surrogate escape "
+            f"(\\u{ord(exc.object[exc.start]):04x}); escape a character outside the BMP as a pair",
+            code="invalid_json",
+        ) from exc
+    except ValueError as exc:  # bad syntax or UTF-8, NaN/Infinity, an integer over 4300 digits
         raise bad_request(f"the request body is not valid JSON: {exc}", code="invalid_json") from exc
+    return data
 
 
 def _parse(model: type[BaseModel], data: Any) -> Any:
     if not isinstance(data, dict):
         raise bad_request(
-            f"the request body must be a JSON object, not {type(data).__name__}", code="invalid_json"
+            f"the request body must be a JSON object, not {json_type(data)}", code="invalid_json"
         )
     try:
         return model.model_validate(data)
@@ -92,7 +138,13 @@ def _dump(obj: BaseModel) -> dict[str, Any]:
     return obj.model_dump(mode="json")
 
 
-async def _sse(chunks: AsyncIterator[BaseModel]) -> AsyncIterator[str]:
+async def _settled() -> None:
+    """What ``_sse`` awaits before its last event when no ledger is on."""
+
+
+async def _sse(
+    chunks: AsyncIterator[BaseModel], settle: Callable[[], Awaitable[None]] = _settled
+) -> AsyncIterator[str]:
     try:
         async for chunk in chunks:
             yield f"data: {chunk.model_dump_json()}\n\n"
@@ -101,6 +153,7 @@ async def _sse(chunks: AsyncIterator[BaseModel]) -> AsyncIterator[str]:
     except Exception as exc:
         logger.exception("stream failed")
         yield f"data: {json.dumps(internal(f'{type(exc).__name__}: {exc}').body())}\n\n"
+    await settle()  # the request's ledger row is committed before the caller sees the end
     yield "data: [DONE]\n\n"
 
 
@@ -109,7 +162,11 @@ class Router:
     """Routes by ``model`` to that model's deployment; tokenizes short inputs itself, long ones remotely."""
 
     async def __init__(  # type: ignore[misc]  # Serve awaits async constructors
-        self, catalog: Catalog, tokenizer: DeploymentHandle, models: dict[str, DeploymentHandle]
+        self,
+        catalog: Catalog,
+        tokenizer: DeploymentHandle,
+        models: dict[str, DeploymentHandle],
+        gateway: DeploymentHandle | None = None,
     ) -> None:
         self.catalog = catalog
         self.tokenizer = LocalFirstTokenizer(
@@ -117,8 +174,42 @@ class Router:
             HandleTokenizer(tokenizer),
             inline_max_chars=catalog.tokenizer.inline_max_chars,
         )
+        self.gateway = (
+            GatewayClient(gateway, auth=catalog.gateway.auth, ledger=catalog.gateway.ledger)
+            if gateway is not None and catalog.gateway is not None
+            else None
+        )
         self.service = OpenAIService(
-            catalog, self.tokenizer, {model_id: HandleModel(h) for model_id, h in models.items()}
+            catalog,
+            self.tokenizer,
+            {model_id: HandleModel(h) for model_id, h in models.items()},
+            metrics=FanOut(default_request_recorder(), self.gateway) if self.gateway else None,
+        )
+
+    async def _settle(self, request_id: str | None = None) -> None:
+        if self.gateway is not None:
+            await self.gateway.settle(request_id or current_request_id())
+
+    def _settler(self) -> Callable[[], Awaitable[None]]:
+        """The current request's ``_settle``, for a stream that ends in another task."""
+        request_id = current_request_id()
+        return lambda: self._settle(request_id)
+
+    def _stream(self, chunks: AsyncIterator[BaseModel]) -> StreamingResponse:
+        return StreamingResponse(_sse(chunks, self._settler()), media_type="text/event-stream")
+
+    async def _authorize(self, request: Request, model: object, *, admin: bool = False) -> str | None:
+        if self.gateway is None:
+            if admin:
+                raise OpenAIError(
+                    404,
+                    "Admin routes need the gateway: add a gateway section to the catalog.",
+                    type="not_found_error",
+                    code="no_gateway",
+                )
+            return None
+        return await self.gateway.authorize(
+            request.headers.get("authorization"), model if isinstance(model, str) else None, admin=admin
         )
 
     def _checked(self, route: str, model: type[BaseModel], data: Any) -> Any:
@@ -133,9 +224,18 @@ class Router:
         # NOTE: Serve's proxy takes X-Request-Id from the client (or makes one) and echoes it in the
         # response; the request log and metrics carry the same id.
         # (a function, not the ContextVar: Serve pickles the ingress app, and a ContextVar cannot be)
-        set_request_id(request.headers.get("x-request-id"))
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        set_request_id(request_id)
         try:
-            data = await _read_json(request)
+            try:
+                data, unreadable = await _read_json(request), None
+            except OpenAIError as exc:
+                data, unreadable = None, exc
+            # NOTE: the key is checked before the body: a caller without a valid key learns nothing.
+            model_id = data.get("model") if isinstance(data, dict) else None
+            set_request_id(request_id, await self._authorize(request, model_id))
+            if unreadable is not None:
+                raise unreadable
         except OpenAIError as exc:
             self.service.record_refused(route, None, exc)
             raise
@@ -143,12 +243,15 @@ class Router:
 
     async def _respond(self, work: Callable[[], Awaitable[Response]]) -> Response:
         try:
-            return await work()
+            response = await work()
         except OpenAIError as exc:
-            return error_response(exc)
+            response = error_response(exc)
         except Exception as exc:
             logger.exception("request failed")
-            return error_response(internal(f"{type(exc).__name__}: {exc}"))
+            response = error_response(internal(f"{type(exc).__name__}: {exc}"))
+        if not isinstance(response, StreamingResponse):
+            await self._settle()  # the request's ledger row is committed before the caller has the answer
+        return response
 
     # ---- HTTP ------------------------------------------------------------------------------
     @app.get("/health")
@@ -165,16 +268,18 @@ class Router:
     async def playground(self) -> HTMLResponse:
         return HTMLResponse(playground_html())
 
-    @app.get("/v1/models")
-    async def list_models(self) -> Response:
-        return await self._respond(self._models)
-
-    async def _models(self) -> Response:
-        return JSONResponse(_dump(await self.service.list_models()))
-
-    @app.get("/v1/models/{model_id:path}")
-    async def get_model(self, model_id: str) -> Response:
+    @app.get("/v1/models", responses=openapi_responses(ModelList))
+    async def list_models(self, request: Request) -> Response:
         async def work() -> Response:
+            await self._authorize(request, None)
+            return JSONResponse(_dump(await self.service.list_models()))
+
+        return await self._respond(work)
+
+    @app.get("/v1/models/{model_id:path}", responses=openapi_responses(ModelCard))
+    async def get_model(self, model_id: str, request: Request) -> Response:
+        async def work() -> Response:
+            await self._authorize(request, None)
             for card in (await self.service.list_models()).data:
                 if card.id == model_id:
                     return JSONResponse(_dump(card))
@@ -184,31 +289,40 @@ class Router:
 
         return await self._respond(work)
 
-    @app.post("/v1/completions")
+    # NOTE: routes read the raw body (errors in OpenAI's shape); openapi_* only document it.
+    @app.post(
+        "/v1/completions",
+        openapi_extra=openapi_body(CompletionRequest),
+        responses=openapi_responses(CompletionResponse, stream=True),
+    )
     async def completions(self, request: Request) -> Response:
         async def work() -> Response:
             body = await self._read(ROUTE_COMPLETIONS, CompletionRequest, request)
             if body.stream:
-                return StreamingResponse(
-                    _sse(await self.service.completion_stream(body)), media_type="text/event-stream"
-                )
+                return self._stream(await self.service.completion_stream(body))
             return JSONResponse(_dump(await self.service.completion(body)))
 
         return await self._respond(work)
 
-    @app.post("/v1/chat/completions")
+    @app.post(
+        "/v1/chat/completions",
+        openapi_extra=openapi_body(ChatCompletionRequest),
+        responses=openapi_responses(ChatCompletionResponse, stream=True),
+    )
     async def chat_completions(self, request: Request) -> Response:
         async def work() -> Response:
             body = await self._read(ROUTE_CHAT, ChatCompletionRequest, request)
             if body.stream:
-                return StreamingResponse(
-                    _sse(await self.service.chat_stream(body)), media_type="text/event-stream"
-                )
+                return self._stream(await self.service.chat_stream(body))
             return JSONResponse(_dump(await self.service.chat(body)))
 
         return await self._respond(work)
 
-    @app.post("/v1/embeddings")
+    @app.post(
+        "/v1/embeddings",
+        openapi_extra=openapi_body(EmbeddingRequest),
+        responses=openapi_responses(EmbeddingResponse),
+    )
     async def embeddings(self, request: Request) -> Response:
         async def work() -> Response:
             body = await self._read(ROUTE_EMBEDDINGS, EmbeddingRequest, request)
@@ -216,9 +330,66 @@ class Router:
 
         return await self._respond(work)
 
+    # ---- admin (API keys, usage); needs an admin key --------------------------------------------
+    async def _admin(self, request: Request) -> GatewayClient:
+        await self._authorize(request, None, admin=True)
+        assert self.gateway is not None  # _authorize refuses admin calls without one
+        return self.gateway
+
+    @app.post("/admin/keys")
+    async def create_key(self, request: Request) -> Response:
+        async def work() -> Response:
+            gateway = await self._admin(request)
+            spec = _parse(KeyRequest, await _read_json(request))
+            made = await gateway.handle.create_key.remote(spec)
+            return JSONResponse(status_code=201, content={**made.key.public(), "secret": made.secret})
+
+        return await self._respond(work)
+
+    @app.get("/admin/keys")
+    async def list_keys(self, request: Request) -> Response:
+        async def work() -> Response:
+            gateway = await self._admin(request)
+            keys = await gateway.handle.list_keys.remote()
+            return JSONResponse({"object": "list", "data": [k.public() for k in keys]})
+
+        return await self._respond(work)
+
+    @app.delete("/admin/keys/{key_id}")
+    async def revoke_key(self, key_id: str, request: Request) -> Response:
+        async def work() -> Response:
+            gateway = await self._admin(request)
+            if not await gateway.handle.revoke_key.remote(key_id):
+                raise OpenAIError(
+                    404, f"No active key has the id {key_id!r}.", type="not_found_error", code="key_not_found"
+                )
+            return JSONResponse({"id": key_id, "revoked": True})
+
+        return await self._respond(work)
+
+    @app.get("/admin/usage")
+    async def usage(self, request: Request, since: float = 0.0) -> Response:
+        async def work() -> Response:
+            gateway = await self._admin(request)
+            rows = await gateway.handle.usage.remote(since)
+            return JSONResponse({"object": "list", "data": [r.model_dump() for r in rows]})
+
+        return await self._respond(work)
+
     # ---- handle API (llmaas.client) ---------------------------------------------------------
     async def call(self, route: Route, body: dict[str, Any]) -> dict[str, Any]:
-        """Unary call for Python callers: returns the response body, or ``{"error": ..., "status": N}``."""
+        """Unary call for Python callers: returns the response body, or ``{"error": ..., "status": N}``.
+
+        NOTE: handle callers run inside the Ray cluster, so they need no API key; the ledger
+        records their requests with no key id.
+        """
+        set_request_id(uuid.uuid4().hex)
+        try:
+            return await self._call(route, body)
+        finally:
+            await self._settle()
+
+    async def _call(self, route: Route, body: dict[str, Any]) -> dict[str, Any]:
         try:
             if route == "models":
                 return _dump(await self.service.list_models())
@@ -250,6 +421,8 @@ class Router:
 
     async def stream(self, route: Route, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Streaming call for Python callers: chunk dicts; an error is a last ``{"error": ...}`` item."""
+        set_request_id(uuid.uuid4().hex)
+        settle = self._settler()
         try:
             chunks: AsyncIterator[BaseModel]
             if route == "completions":
@@ -270,3 +443,4 @@ class Router:
             logger.exception("handle stream failed")
             failure = internal(f"{type(exc).__name__}: {exc}")
             yield {**failure.body(), "status": failure.status}
+        await settle()

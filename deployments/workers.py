@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import ray
+from ray.exceptions import RayActorError
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from llmaas.config.catalog import ModelSpec
 from llmaas.engine.errors import EngineError
 from llmaas.engine.runner import ShardRunner, StepInput
+
+logger = logging.getLogger("ray.serve")
 
 
 class TPWorker:
@@ -28,6 +34,11 @@ class TPWorker:
     def ping(self) -> int:
         return self.runner.rank
 
+    @ray.method(concurrency_group="watch")
+    def sentinel(self) -> None:
+        """Never returns: its reference fails the moment this worker's process dies."""
+        threading.Event().wait()
+
 
 class RayPeerGroup:
     """The ``PeerGroup`` of a replica, made of ``TPWorker`` actors in its placement group.
@@ -44,7 +55,8 @@ class RayPeerGroup:
                 "has no placement group; deploy it through llmaas.deployments.build_app"
             )
         resources = spec.resources
-        actor: Any = ray.remote(TPWorker)
+        # NOTE: the "watch" group gives ``sentinel`` a thread of its own; steps keep the default one.
+        actor: Any = ray.remote(concurrency_groups={"watch": 1})(TPWorker)  # type: ignore[call-overload]
         self.workers: list[Any] = [
             actor.options(
                 name=None,
@@ -58,6 +70,9 @@ class RayPeerGroup:
             ).remote(spec, str(model_path), rank)
             for rank in range(1, spec.tensor_parallel_size)
         ]
+        self._on_lost: Callable[[str], None] | None = None
+        self._closing = False
+        self._lost = threading.Event()
 
     def load(self, master_addr: str, master_port: int) -> list[Any]:
         return [w.load.remote(master_addr, master_port) for w in self.workers]
@@ -72,8 +87,44 @@ class RayPeerGroup:
             raise EngineError(f"a tensor-parallel rank failed: {type(exc).__name__}: {exc}") from exc
 
     def check_alive(self) -> None:
-        ray.get([w.ping.remote() for w in self.workers], timeout=10)
+        try:
+            ray.get([w.ping.remote() for w in self.workers], timeout=10)
+        except RayActorError as exc:
+            self._report_lost(f"{type(exc).__name__}: {str(exc).strip()[:200]}")
+            raise
+
+    def watch(self, on_lost: Callable[[str], None]) -> None:
+        """Call ``on_lost`` as soon as a worker dies: a daemon thread waits on each worker's sentinel.
+
+        NOTE: without it a step stays blocked inside the collective the dead rank never joins,
+        and its requests wait until Serve's health checks (three failures) and drain timeout
+        kill the replica, about a minute later.
+        """
+        self._on_lost = on_lost
+        sentinels = {w.sentinel.remote(): rank for rank, w in enumerate(self.workers, start=1)}
+        threading.Thread(
+            target=self._wait_sentinels, args=(sentinels,), name="llmaas-tp-watch", daemon=True
+        ).start()
+
+    def _wait_sentinels(self, sentinels: dict[Any, int]) -> None:
+        ready, _ = ray.wait(list(sentinels), num_returns=1, timeout=None)
+        try:
+            ray.get(ready[0])
+            reason = f"rank {sentinels[ready[0]]} stopped"
+        except Exception as exc:
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            reason = f"rank {sentinels[ready[0]]}: {type(exc).__name__}: {first_line[:200]}"
+        self._report_lost(reason)
+
+    def _report_lost(self, reason: str) -> None:
+        if self._closing or self._lost.is_set():
+            return
+        self._lost.set()
+        logger.error("tensor-parallel peer lost: %s", reason)
+        if self._on_lost is not None:
+            self._on_lost(reason)
 
     def shutdown(self) -> None:
+        self._closing = True
         for worker in self.workers:
             ray.kill(worker)

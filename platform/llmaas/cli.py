@@ -8,6 +8,8 @@ Examples:
   llmaas status                             # replicas and load of every model of a running platform
   llmaas bench --catalog bench --model bench-llama --baselines all   # the committed benchmark
   llmaas bench --url http://127.0.0.1:8000 --model tiny-llama-chat    # load-test a running platform
+  llmaas keys create --catalog models.yaml --name alice --rpm 60    # an API key (catalog with a gateway)
+  llmaas usage --catalog models.yaml --since 24h                    # requests and tokens per key and model
 """
 
 from __future__ import annotations
@@ -17,11 +19,11 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from pydantic import ValidationError
 
 from llmaas.config.catalog import Catalog
+from llmaas.progress import ProgressBar
 
 
 def load_checked_catalog(path: str | None) -> Catalog | None:
@@ -52,30 +54,6 @@ def load_checked_catalog(path: str | None) -> Catalog | None:
     return catalog
 
 
-class _Progress:
-    """A tqdm bar on a terminal; a log line per quarter otherwise (CI logs, files)."""
-
-    def __init__(self, label: str) -> None:
-        from tqdm import tqdm
-
-        self.label = label
-        self.interactive = sys.stderr.isatty()
-        self.bar: Any = tqdm(total=100, desc=f"  {label}", unit="%", disable=not self.interactive)
-        self.quarter = -1
-
-    def __call__(self, stage: str, fraction: float) -> None:
-        if self.interactive:
-            self.bar.set_postfix_str(stage)
-            self.bar.n = int(fraction * 100)
-            self.bar.refresh()
-        elif int(fraction * 4) != self.quarter:
-            self.quarter = int(fraction * 4)
-            print(f"  {self.label}: {fraction:4.0%} {stage}", flush=True)
-
-    def close(self) -> None:
-        self.bar.close()
-
-
 def prepare(catalog: Catalog) -> dict[str, Path]:
     """Resolve every model's directory, building demo models with a progress bar."""
     from llmaas.models import is_prepared, resolve_model_path
@@ -86,7 +64,7 @@ def prepare(catalog: Catalog) -> dict[str, Path]:
             paths[spec.id] = resolve_model_path(spec.source, catalog.cache_path)
             print(f"  {spec.id}: {paths[spec.id]}")
             continue
-        progress = _Progress(f"building {spec.id}")
+        progress = ProgressBar(f"building {spec.id}")
         paths[spec.id] = resolve_model_path(spec.source, catalog.cache_path, progress)
         progress.close()
         print(f"  {spec.id}: {paths[spec.id]}")
@@ -94,8 +72,12 @@ def prepare(catalog: Catalog) -> dict[str, Path]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from llmaas.launch import start_platform, stop_platform
+    from llmaas.launch import check_tls_files, start_platform, stop_platform
 
+    tls_problems = check_tls_files(args.ssl_keyfile, args.ssl_certfile)
+    if tls_problems:
+        print("error: " + "\n  ".join(tls_problems), file=sys.stderr)
+        return 2
     catalog = load_checked_catalog(args.catalog)
     if catalog is None:
         return 2
@@ -109,6 +91,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         address=args.address,
         dashboard=args.dashboard,
         start_timeout_s=args.start_timeout,
+        ssl_keyfile=args.ssl_keyfile,
+        ssl_certfile=args.ssl_certfile,
     )
     print(
         f"llmaas: serving {', '.join(m.id for m in catalog.models)} on {url} "
@@ -217,6 +201,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         requests_per_level=args.requests,
         prompt_words=(args.prompt_min, args.prompt_max),
         output_tokens=(args.output_min, args.output_max),
+        api_key=args.api_key,
     )
     baselines: list[Baseline] = [b for b in ALL_BASELINES if b in names]
     levels = [int(c) for c in args.baseline_concurrency.split(",") if c]
@@ -277,6 +262,10 @@ def parser() -> argparse.ArgumentParser:
     serve_p.add_argument("--address", help="join a running Ray cluster (e.g. 'auto') instead of starting one")
     serve_p.add_argument("--dashboard", action="store_true", help="start the Ray dashboard too")
     serve_p.add_argument("--start-timeout", type=float, default=900.0, help="seconds to wait for replicas")
+    serve_p.add_argument(
+        "--ssl-certfile", help="serve HTTPS only: PEM certificate (chain) file; needs --ssl-keyfile"
+    )
+    serve_p.add_argument("--ssl-keyfile", help="PEM private key (unencrypted) of --ssl-certfile")
     serve_p.set_defaults(func=cmd_serve)
     prep_p = sub.add_parser("prepare", help="build or locate every model of a catalog, with progress")
     prep_p.add_argument("--catalog")
@@ -293,6 +282,9 @@ def parser() -> argparse.ArgumentParser:
     )
     status_p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     status_p.set_defaults(func=cmd_status)
+    from llmaas.gateway.admin_cli import add_parsers as add_gateway_parsers
+
+    add_gateway_parsers(sub)
     bench_p = sub.add_parser(
         "bench",
         help="benchmark a model: concurrency sweep and fixed rate over HTTP, plus baselines; JSON + PNG",
@@ -320,6 +312,7 @@ def parser() -> argparse.ArgumentParser:
     bench_p.add_argument("--prompt-max", type=int, default=64)
     bench_p.add_argument("--output-min", type=int, default=32)
     bench_p.add_argument("--output-max", type=int, default=128)
+    bench_p.add_argument("--api-key", help="a key for a platform whose catalog has a gateway")
     bench_p.add_argument("--out", default="bench-results")
     bench_p.set_defaults(func=cmd_bench)
     return p

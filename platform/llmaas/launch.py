@@ -4,23 +4,80 @@ from __future__ import annotations
 
 import math
 import os
+import ssl
 import time
+from pathlib import Path
+from typing import Any
 
-from llmaas.config.catalog import Catalog
+from llmaas.config.catalog import Catalog, ModelSpec, deployment_name
+
+
+def initial_replicas(spec: ModelSpec) -> int:
+    """Replicas Serve starts for a model: ``num_replicas``, else autoscaling's initial (or min)."""
+    if spec.replicas.num_replicas:
+        return spec.replicas.num_replicas
+    autoscaling = spec.replicas.autoscaling
+    if autoscaling is None:
+        return 1
+    return (
+        autoscaling.initial_replicas if autoscaling.initial_replicas is not None else autoscaling.min_replicas
+    )
 
 
 def cpus_needed(catalog: Catalog) -> float:
     """Logical CPUs the catalog's replicas ask Ray for at their initial sizes."""
     total = catalog.router.num_cpus * catalog.router.num_replicas
     total += catalog.tokenizer.num_cpus * catalog.tokenizer.num_replicas
+    total += catalog.gateway.num_cpus if catalog.gateway is not None else 0.0
     for spec in catalog.models:
-        replicas = spec.replicas.num_replicas or (
-            spec.replicas.autoscaling.initial_replicas or spec.replicas.autoscaling.min_replicas
-            if spec.replicas.autoscaling
-            else 1
-        )
-        total += spec.resources.num_cpus * spec.tensor_parallel_size * replicas
+        total += spec.resources.num_cpus * spec.tensor_parallel_size * initial_replicas(spec)
     return total
+
+
+def target_replicas(catalog: Catalog) -> dict[str, int]:
+    """Replicas each Serve deployment of the catalog's application starts with, by deployment name."""
+    targets = {"router": catalog.router.num_replicas, "tokenizer": catalog.tokenizer.num_replicas}
+    targets.update({deployment_name(spec.id): initial_replicas(spec) for spec in catalog.models})
+    if catalog.gateway is not None:
+        targets["gateway"] = 1
+    return targets
+
+
+def check_tls_files(
+    ssl_keyfile: str | None, ssl_certfile: str | None, ssl_keyfile_password: str | None = None
+) -> list[str]:
+    """Problems with a TLS key and certificate (empty when usable, or when neither is given).
+
+    Loads the pair the way the HTTP proxy will, so a missing, unreadable, mismatched or
+    password-protected file is reported here, before Ray starts, naming the file.
+    """
+    if not ssl_keyfile and not ssl_certfile:
+        return []
+    if not ssl_keyfile or not ssl_certfile:
+        return [
+            "HTTPS needs both a certificate and its private key: give --ssl-certfile and --ssl-keyfile "
+            f"(only {'the certificate ' + ssl_certfile if ssl_certfile else 'the key ' + str(ssl_keyfile)})"
+        ]
+    problems = []
+    for kind, path in (("TLS private key", ssl_keyfile), ("TLS certificate", ssl_certfile)):
+        try:
+            Path(path).read_bytes()
+        except OSError as exc:
+            problems.append(f"cannot read the {kind} {path}: {exc.strerror or exc}")
+    if problems:
+        return problems
+    try:
+        # NOTE: a callable password never prompts on the terminal for an encrypted key.
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+            ssl_certfile, ssl_keyfile, password=lambda: ssl_keyfile_password or ""
+        )
+    except ssl.SSLError as exc:
+        return [
+            f"the TLS certificate {ssl_certfile} and private key {ssl_keyfile} are not a usable pair: "
+            f"PEM files, the key matching the certificate and unencrypted or with its password "
+            f"({exc.reason or exc})"
+        ]
+    return []
 
 
 def start_platform(
@@ -32,8 +89,19 @@ def start_platform(
     dashboard: bool = False,
     start_timeout_s: float = 900.0,
     extra_cpus: float = 0.0,
+    ssl_keyfile: str | None = None,
+    ssl_certfile: str | None = None,
+    ssl_keyfile_password: str | None = None,
 ) -> str:
-    """Deploy ``catalog`` (starting Ray unless ``address`` names a cluster); return the base URL."""
+    """Deploy ``catalog`` (starting Ray unless ``address`` names a cluster); return the base URL.
+
+    With ``ssl_keyfile`` and ``ssl_certfile`` (PEM files) Serve's proxy speaks HTTPS only. Raises
+    ``ValueError`` naming the file when they are unusable, before Ray starts.
+    """
+    problems = check_tls_files(ssl_keyfile, ssl_certfile, ssl_keyfile_password)
+    if problems:
+        raise ValueError("; ".join(problems))
+
     import ray
     from ray import serve
 
@@ -43,14 +111,30 @@ def start_platform(
         ray.init(address=address, log_to_driver=False)
     else:
         # NOTE: Ray schedules by logical CPUs; on a small machine the default catalog's fractional
-        # CPUs may add up past the cores, so declare at least what it needs.
+        # CPUs may add up past the cores, so declare at least what it needs. "local" starts a new
+        # instance even where RAY_ADDRESS or a `ray start` on this machine names another.
         cpus = max(os.cpu_count() or 1, math.ceil(cpus_needed(catalog) + extra_cpus))
-        ray.init(num_cpus=cpus, include_dashboard=dashboard, log_to_driver=False)
-    serve.start(http_options={"host": host, "port": port})
+        ray.init(address="local", num_cpus=cpus, include_dashboard=dashboard, log_to_driver=False)
+    http_options: dict[str, Any] = {"host": host, "port": port}
+    if ssl_keyfile and ssl_certfile:
+        # NOTE: the proxy actor opens these, from its own working directory: absolute paths.
+        http_options["ssl_keyfile"] = str(Path(ssl_keyfile).resolve())
+        http_options["ssl_certfile"] = str(Path(ssl_certfile).resolve())
+        if ssl_keyfile_password:
+            http_options["ssl_keyfile_password"] = ssl_keyfile_password
+    serve.start(http_options=http_options)
     print("llmaas: starting replicas (router, tokenizer, models)")
-    serve.run(build_from_catalog(catalog), name=catalog.app_name, route_prefix="/", blocking=False)
-    wait_running(catalog.app_name, timeout_s=start_timeout_s)
-    return f"http://{host}:{port}"
+    # NOTE: run_many can return before the replicas start (serve.run waits for them), so that
+    # wait_running shows them starting.
+    serve.run_many(
+        [serve.RunTarget(build_from_catalog(catalog), name=catalog.app_name, route_prefix="/")],
+        wait_for_ingress_deployment_creation=False,
+        wait_for_applications_running=False,
+    )
+    labels = {deployment_name(spec.id): spec.id for spec in catalog.models}
+    wait_running(catalog.app_name, timeout_s=start_timeout_s, targets=target_replicas(catalog), labels=labels)
+    scheme = "https" if ssl_keyfile and ssl_certfile else "http"
+    return f"{scheme}://{host}:{port}"
 
 
 def stop_platform() -> None:
@@ -61,20 +145,49 @@ def stop_platform() -> None:
     ray.shutdown()
 
 
-def wait_running(app_name: str, timeout_s: float) -> None:
+def wait_running(
+    app_name: str,
+    timeout_s: float,
+    *,
+    targets: dict[str, int] | None = None,
+    labels: dict[str, str] | None = None,
+) -> None:
+    """Wait until Serve reports ``app_name`` RUNNING, showing its replicas starting.
+
+    ``targets`` (deployment -> replicas, see ``target_replicas``) sets what "all running" means;
+    without it, the replicas Serve reports so far. Exits with a message on failure or timeout.
+    """
     from ray import serve
 
+    from llmaas.progress import ProgressBar, replica_progress
+
+    progress = ProgressBar(app_name, total=sum((targets or {}).values()), unit="replica", steps=None)
     deadline = time.monotonic() + timeout_s
-    last = ""
-    while time.monotonic() < deadline:
-        status = serve.status().applications.get(app_name)
-        state = str(status.status) if status else "NOT_STARTED"
-        if state.endswith("RUNNING"):
-            return
-        if state.endswith("DEPLOY_FAILED"):
-            raise SystemExit(f"llmaas: deployment of {app_name} failed: {status.message if status else ''}")
-        if state != last:
-            print(f"  application {app_name}: {state.split('.')[-1]}")
-            last = state
-        time.sleep(1)
+    try:
+        while time.monotonic() < deadline:
+            status = serve.status().applications.get(app_name)
+            state = _bare(status.status) if status else "NOT_STARTED"
+            replicas = {
+                name: {_bare(s): int(n) for s, n in dep.replica_states.items()}
+                for name, dep in (status.deployments.items() if status else ())
+            }
+            running, target, message = replica_progress(replicas, targets or {}, labels)
+            if state != "RUNNING" and running >= target:
+                message += f" (application {state.lower()})"
+            progress.set_total(target)
+            progress(message, running / target if target else 0.0)
+            if state == "RUNNING":
+                return
+            if state == "DEPLOY_FAILED":
+                raise SystemExit(
+                    f"llmaas: deployment of {app_name} failed: {status.message if status else ''}"
+                )
+            time.sleep(1)
+    finally:
+        progress.close()
     raise SystemExit(f"llmaas: the application {app_name} was not running after {timeout_s:.0f}s")
+
+
+def _bare(value: Any) -> str:
+    """Serve's enums (``ReplicaState.RUNNING``) as their bare names."""
+    return str(getattr(value, "value", value)).split(".")[-1]

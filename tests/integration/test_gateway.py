@@ -153,9 +153,10 @@ def test_admin_routes_make_list_and_revoke_keys(gw_url: str, gateway_db: str) ->
 
 def test_requests_per_minute_hold_across_router_replicas(gw_url: str, gateway_db: str) -> None:
     from ray import serve
+    from ray.serve._private.common import ReplicaState
 
     routers = serve.status().applications[APP].deployments["router"].replica_states
-    assert routers.get("RUNNING") == 2, routers  # two routers share the key's window
+    assert routers.get(ReplicaState.RUNNING) == 2, routers  # two routers share the key's window
     _, secret = _key(gateway_db, name="limited", rpm=6)
 
     async def burst() -> list[httpx.Response]:
@@ -264,6 +265,7 @@ def test_no_acknowledged_row_is_lost_when_a_router_is_killed(gw_url: str, gatewa
                         for a in list_actors(filters=[("state", "=", "ALIVE")], detail=True)
                         if f"{APP}#router#" in (a.name or "")
                     )
+                    assert victim.pid is not None
                     os.kill(int(victim.pid), signal.SIGKILL)
                 await wave
 

@@ -44,8 +44,8 @@ def test_one_json_line_with_id_model_tokens_status_and_latency(caplog: pytest.Lo
     assert message.startswith("llmaas request ")
     fields = json.loads(message.removeprefix("llmaas request "))
     assert fields == {
-        "request_id": "req-1", "model": "m", "route": "/v1/completions", "stream": True, "status": 200,
-        "prompt_tokens": 7, "completion_tokens": 5, "ttft_ms": 12.3, "latency_ms": 50.0,
+        "request_id": "req-1", "key_id": None, "model": "m", "route": "/v1/completions", "stream": True,
+        "status": 200, "prompt_tokens": 7, "completion_tokens": 5, "ttft_ms": 12.3, "latency_ms": 50.0,
     }  # fmt: skip
     assert line.llmaas == fields  # type: ignore[attr-defined]  # for JSON log encodings
 

@@ -127,6 +127,8 @@ class BatchScheduler:
         self.kv_deferred = 0  # admissions deferred because the KV cache was full
         self._deferred: Sequence | None = None
         self._ended: list[tuple[Sequence, GenerationChunk]] = []  # last chunks of this step
+        self._live: set[Sequence] = set()  # every sequence a caller still waits on (event loop side)
+        self.failed = False
 
     # ---- event-loop side -------------------------------------------------------------
     def start(self) -> None:
@@ -135,7 +137,23 @@ class BatchScheduler:
 
     @property
     def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._thread is not None and self._thread.is_alive() and not self.failed
+
+    def fail(self, reason: str) -> None:
+        """End every sequence with ``reason`` and take no more; callable from any thread.
+
+        For a break the model thread cannot see or survive: a tensor-parallel peer that died
+        leaves rank 0 blocked inside a collective that never returns, so its sequences are
+        ended from here. NOTE: a chunk the model thread sends after this one is never read
+        (a caller stops at the first chunk that has a finish reason).
+        """
+        self.last_error = reason
+        self.failed = True
+        self._stop.set()
+        for seq in list(self._live):
+            if not seq.done:
+                seq.done = True
+                seq.emit(self._chunk(seq, finish_reason=FinishReason.ABORT, error=reason))
 
     @property
     def num_running(self) -> int:
@@ -147,7 +165,8 @@ class BatchScheduler:
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         if not self.alive:
-            raise EngineNotReady(f"model {self.spec.id!r} is not running")
+            why = f": {self.last_error}" if self.failed else ""
+            raise EngineNotReady(f"model {self.spec.id!r} is not running{why}")
         params = request.sampling
         seq = Sequence(
             request=request,
@@ -158,7 +177,10 @@ class BatchScheduler:
             ),
             generator=make_generator(params),
         )
+        self._live.add(seq)
         self._waiting.put(seq)
+        if self.failed:  # NOTE: fail() ran between the check above and the add: it did not see seq
+            self.fail(self.last_error or "the engine failed")
         interval = self.spec.batching.stream_interval
         first = True
         try:
@@ -178,6 +200,7 @@ class BatchScheduler:
                 if chunk.finish_reason is not None:
                     return
         finally:
+            self._live.discard(seq)
             if not seq.done:
                 seq.cancelled = True  # the model thread drops it at the next step
 

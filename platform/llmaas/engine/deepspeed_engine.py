@@ -41,6 +41,19 @@ class DeepSpeedEngine(Engine):
         await asyncio.to_thread(self._load)
         assert self.scheduler is not None
         self.scheduler.start()
+        if self.runner.peers is not None:
+            self.runner.peers.watch(self._peer_lost)
+
+    def _peer_lost(self, reason: str) -> None:
+        """A tensor-parallel rank died (any thread): end every request now, then report the break.
+
+        NOTE: the group cannot heal (rank 0 may be stuck in a collective with the dead rank, and
+        a new rank cannot join a formed process group), so only a new replica serves again.
+        """
+        message = f"a tensor-parallel rank of model {self.spec.id!r} died: {reason}"
+        if self.scheduler is not None:
+            self.scheduler.fail(message)
+        self._fatal(message)
 
     def _load(self) -> None:
         from transformers import AutoTokenizer

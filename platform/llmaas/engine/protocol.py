@@ -6,13 +6,16 @@ in fakes through the replica's keyword-only ``engine_cls`` argument.
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from llmaas.config.catalog import ModelSpec
 from llmaas.engine.errors import EngineNotReady, UnsupportedTask
 from llmaas.engine.types import EngineHealth, GenerationChunk, GenerationRequest, ModelInfo
+
+logger = logging.getLogger(__name__)
 
 
 class Engine(ABC):
@@ -22,6 +25,8 @@ class Engine(ABC):
         self.spec = spec
         self.model_path = model_path
         self._info: ModelInfo | None = None  # set by start()
+        self._on_fatal: Callable[[str], None] | None = None
+        self.fatal_error: str | None = None
 
     @abstractmethod
     async def start(self) -> None:
@@ -50,3 +55,23 @@ class Engine(ABC):
 
     async def shutdown(self) -> None:  # noqa: B027 - optional hook
         """Release workers and memory."""
+
+    def on_fatal(self, callback: Callable[[str], None]) -> None:
+        """Have ``callback(reason)`` called once, from any thread, if the engine breaks beyond repair.
+
+        A tensor-parallel rank that died is such a break: the engine has already ended its
+        requests with an error and refuses new ones, and only a new replica can serve again.
+        Engines that cannot break that way never call it.
+        """
+        self._on_fatal = callback
+        if self.fatal_error is not None:
+            callback(self.fatal_error)
+
+    def _fatal(self, reason: str) -> None:
+        """Record a break beyond repair and tell the ``on_fatal`` callback (once)."""
+        if self.fatal_error is not None:
+            return
+        self.fatal_error = reason
+        logger.error("model %s cannot serve any more: %s", self.spec.id, reason)
+        if self._on_fatal is not None:
+            self._on_fatal(reason)

@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -192,6 +193,9 @@ class PeerGroup(Protocol):
 
     def check_alive(self) -> None:
         """Raise if a peer died."""
+
+    def watch(self, on_lost: Callable[[str], None]) -> None:
+        """Call ``on_lost(reason)`` once, from any thread, as soon as a peer dies (mid-step or idle)."""
 
     def shutdown(self) -> None: ...
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -24,6 +25,10 @@ class OpenAIError(Exception):
         code: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
+        # NOTE: a message or param may quote the client's input; a lone surrogate in it
+        # ("\ud800", or an undecodable URL) cannot be encoded as UTF-8, so it is escaped here
+        # rather than failing the error response itself.
+        message, param = _printable(message), None if param is None else _printable(param)
         super().__init__(message)
         self.status = status
         self.message = message
@@ -35,6 +40,10 @@ class OpenAIError(Exception):
     def body(self) -> dict[str, Any]:
         detail = ErrorDetail(message=self.message, type=self.type, param=self.param, code=self.code)
         return ErrorResponse(error=detail).model_dump()
+
+
+def _printable(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> OpenAIError:
@@ -65,6 +74,39 @@ def internal(message: str) -> OpenAIError:
     return OpenAIError(500, message, type="server_error", code="internal_error")
 
 
+#: pydantic's union branch names, as a client would say them.
+_BRANCHES = {
+    "str": "a string",
+    "int": "an integer",
+    "float": "a number",
+    "bool": "a boolean",
+    "list[str]": "an array of strings",
+    "list[int]": "an array of integers",
+    "list[list[int]]": "an array of arrays of integers",
+    "dict[str,any]": "an object",
+}
+
+
+def _describe(tag: str) -> str:
+    # a validated type's branch reads "function-before[_integral(), int]": it is an int
+    tag = re.sub(r"function-\w+\[\w+\(\), (\w+)\]", r"\1", tag)
+    if tag in _BRANCHES:
+        return _BRANCHES[tag]
+    if tag == "list[ContentPart]":
+        return "an array of content parts"
+    return "an array" if tag.startswith("list[") else "an object" if tag.startswith("dict[") else tag
+
+
+#: pydantic's errors for a value of the wrong JSON type
+_TYPE_ERRORS = {"string_type", "int_type", "float_type", "bool_type", "list_type", "dict_type", "model_type"}
+
+
+def _is_branch(item: Any) -> bool:
+    return isinstance(item, str) and (
+        item in _BRANCHES or "[" in item or item.startswith(("function-", "union"))
+    )
+
+
 def _loc_to_param(loc: tuple[Any, ...]) -> str:
     parts: list[str] = []
     for item in loc:
@@ -72,13 +114,54 @@ def _loc_to_param(loc: tuple[Any, ...]) -> str:
             parts.append(f"[{item}]")
         elif item in ("body",) and not parts:
             continue
-        elif isinstance(item, str) and ("[" in item or item.startswith(("function-", "union"))):
+        elif _is_branch(item):
             continue  # pydantic's union/tagged branch names, not field names
-        elif item in ("str", "int", "list[str]", "list[int]", "list[list[int]]", "float", "bool"):
-            continue
         else:
             parts.append(("." if parts else "") + str(item))
     return "".join(parts)
+
+
+def json_type(value: Any) -> str:
+    """How a client would name the JSON type of a parsed value: "an integer", "null", ..."""
+    if value is None:
+        return "null"
+    for kind, name in ((bool, "a boolean"), (int, "an integer"), (float, "a number"), (str, "a string")):
+        if isinstance(value, kind):
+            return name
+    return "an array" if isinstance(value, list) else "an object" if isinstance(value, dict) else "a value"
+
+
+def _split_branch(loc: tuple[Any, ...]) -> tuple[tuple[Any, ...], str] | None:
+    """``loc`` up to its first union branch name, and that name; None outside a union."""
+    for i, item in enumerate(loc):
+        if _is_branch(item):
+            return tuple(loc[:i]), str(item)
+    return None
+
+
+def _union_error(errors: list[Any], first: Any) -> tuple[Any, str | None]:
+    """For a value that matched no branch of a union (``str | list[str]``): the one branch whose
+    JSON type it has, if exactly one (its error says more), else a reason listing the branches."""
+    split = _split_branch(tuple(first.get("loc", ())))
+    if split is None:
+        return first, None
+    prefix, _ = split
+    branches: dict[str, list[Any]] = {}
+    for error in errors:
+        other = _split_branch(tuple(error.get("loc", ())))
+        if other is not None and other[0] == prefix:
+            branches.setdefault(other[1], []).append(error)
+    fitting = [
+        errs
+        for tag, errs in branches.items()
+        if not any(e["type"] in _TYPE_ERRORS and tuple(e["loc"]) == (*prefix, tag) for e in errs)
+    ]
+    if len(fitting) == 1:
+        return fitting[0][0], None
+    options = [_describe(tag) for tag in branches]
+    expected = ", ".join(options[:-1]) + f" or {options[-1]}" if len(options) > 1 else options[0]
+    got = "" if fitting else f" (got {json_type(first.get('input'))})"
+    return first, f"Input should be {expected}{got}"
 
 
 def from_validation_error(exc: ValidationError, model: type[BaseModel] | None = None) -> OpenAIError:
@@ -98,7 +181,13 @@ def from_validation_error(exc: ValidationError, model: type[BaseModel] | None = 
     elif first.get("type") == "missing":
         message = f"Missing required parameter: '{param}'."
     else:
-        reason = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+        first, union = _union_error(errors, first)
+        param = _loc_to_param(tuple(first.get("loc", ()))) or None
+        reason = union or str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+        if first.get("type") in ("dict_type", "model_type"):
+            reason = "Input should be an object"  # not pydantic's "... or instance of ChatMessage"
+        if union is None and first.get("type") in _TYPE_ERRORS:
+            reason += f" (got {json_type(first.get('input'))})"
         message = f"Invalid value for '{param}': {reason}" if param else f"Invalid request: {reason}"
     if len(errors) > 1:
         message += f" ({len(errors) - 1} more problem{'s' if len(errors) > 2 else ''} in this request)"

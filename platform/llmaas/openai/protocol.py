@@ -1,31 +1,72 @@
 """OpenAI API request and response models, in one place.
 
-Requests are strict (unknown fields are a 400 naming the field, as OpenAI does) and own
-their conversion to the engine's ``SamplingParams``. Parameters this platform cannot honour
-are refused with a 400 rather than ignored.
+Requests are strict, as OpenAI's are: unknown fields (top level and in messages) and values
+of the wrong JSON type (``"5"`` or ``true`` for an integer) are a 400 naming the field. They
+own their conversion to the engine's ``SamplingParams``. Parameters this platform cannot
+honour are refused with a 400 rather than ignored. ``openapi_body`` describes a request model
+in the OpenAPI document for routes that read the raw body themselves.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import JsonDict
 
 from llmaas.config.catalog import SamplingDefaults
 from llmaas.engine.types import SamplingParams
 
 MAX_STOP_SEQUENCES = 16
 MAX_N = 16
+#: A temperature below this is greedy decoding (as in vLLM): dividing logits by a vanishing
+#: temperature overflows to inf and NaN probabilities, which would fail the whole batch.
+GREEDY_BELOW_TEMPERATURE = 1e-5
+
+
+def _integral(value: Any) -> Any:
+    """JSON Schema's integer: 2.0 is 2; 2.5, "2" and true are still refused."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+_INTEGRAL = BeforeValidator(_integral)
+#: an integer field: strict, except that a number with no fraction is one (as in JSON Schema)
+Int = Annotated[int, _INTEGRAL]
+_NOT_YET = "Not supported yet: leave it unset (or 0 / false)."
+
+
+def _prompt_schema(batch: int, tokens: int | None = None) -> dict[str, Any]:
+    """The JSON schema of a prompt or embedding input (``batch`` items at most, a flat token list
+    ``tokens`` at most): what its validator accepts, for the OpenAPI document."""
+    ids: dict[str, Any] = {"type": "array", "items": {"type": "integer"}, "minItems": 1}
+    return {
+        "anyOf": [
+            {"type": "string", "minLength": 1},
+            {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1, "maxItems": batch},
+            ids if tokens is None else {**ids, "maxItems": tokens},
+            {"type": "array", "items": ids, "minItems": 1, "maxItems": batch},
+        ]
+    }
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    # NOTE: strict=True: JSON types are not coerced ("5" is not an integer, true is not 1).
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), strict=True)
 
 
 class _Open(BaseModel):
-    model_config = ConfigDict(extra="allow", protected_namespaces=())
+    model_config = ConfigDict(extra="allow", protected_namespaces=(), strict=True)
 
 
 def new_id(prefix: str) -> str:
@@ -53,22 +94,50 @@ class StreamOptions(_Strict):
     include_usage: StrictBool = False
 
 
+_STREAM_OPTIONS_NEED_STREAM: JsonDict = {
+    "if": {"required": ["stream_options"], "properties": {"stream_options": {"type": "object"}}},
+    "then": {"required": ["stream"], "properties": {"stream": {"const": True}}},
+}
+_NOT_BOTH_MAX_TOKENS: JsonDict = {
+    "not": {
+        "required": ["max_tokens", "max_completion_tokens"],
+        "properties": {"max_tokens": {"type": "integer"}, "max_completion_tokens": {"type": "integer"}},
+    }
+}
+
+
 class _SamplingFields(_Strict):
     """Fields shared by completions and chat completions."""
 
+    # NOTE: the rules the validators below add, in JSON Schema, so that /openapi.json is honest.
+    model_config = ConfigDict(json_schema_extra={"allOf": [_STREAM_OPTIONS_NEED_STREAM]})
+
     model: str = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    max_tokens: Annotated[int, Field(ge=1), _INTEGRAL] | None = None
+    temperature: float | None = Field(
+        default=None, ge=0.0, le=2.0, description=f"Below {GREEDY_BELOW_TEMPERATURE} is greedy decoding."
+    )
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    top_k: int | None = Field(default=None, ge=-1, description="-1 or 0 disables top-k (vLLM style).")
-    n: int = Field(default=1, ge=1, le=MAX_N)
+    top_k: Annotated[int, Field(ge=-1), _INTEGRAL] | None = Field(
+        default=None, description="-1 or 0 disables top-k (vLLM style)."
+    )
+    n: Int = Field(default=1, ge=1, le=MAX_N)
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
-    stop: str | list[str] | None = None
-    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
-    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
-    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
-    logit_bias: dict[str, float] | None = None
+    stop: str | list[str] | None = Field(
+        default=None,
+        json_schema_extra={"minLength": 1, "items": {"minLength": 1}, "maxItems": MAX_STOP_SEQUENCES},
+    )
+    seed: Annotated[int, Field(ge=-(2**63), le=2**63 - 1), _INTEGRAL] | None = None
+    presence_penalty: float | None = Field(
+        default=None, ge=-2.0, le=2.0, description=_NOT_YET, json_schema_extra={"enum": [0, None]}
+    )
+    frequency_penalty: float | None = Field(
+        default=None, ge=-2.0, le=2.0, description=_NOT_YET, json_schema_extra={"enum": [0, None]}
+    )
+    logit_bias: dict[str, float] | None = Field(
+        default=None, description=_NOT_YET, json_schema_extra={"maxProperties": 0}
+    )
     user: str | None = None
     ignore_eos: StrictBool = False
 
@@ -115,9 +184,10 @@ class _SamplingFields(_Strict):
     ) -> SamplingParams:
         """Sampling for choice ``choice``; with a seed, choice i uses seed + i so that choices differ."""
         seed = None if self.seed is None else (self.seed + choice) % (2**63)
+        temperature = defaults.temperature if self.temperature is None else self.temperature
         return SamplingParams(
             max_tokens=max_tokens,
-            temperature=defaults.temperature if self.temperature is None else self.temperature,
+            temperature=0.0 if temperature < GREEDY_BELOW_TEMPERATURE else temperature,
             top_p=defaults.top_p if self.top_p is None else self.top_p,
             top_k=max(0, defaults.top_k if self.top_k is None else self.top_k),
             seed=seed,
@@ -128,11 +198,13 @@ class _SamplingFields(_Strict):
 
 # ---- completions --------------------------------------------------------------------------
 class CompletionRequest(_SamplingFields):
-    prompt: str | list[str] | list[int] | list[list[int]]
-    echo: StrictBool = False
-    logprobs: int | None = None
-    best_of: int | None = None
-    suffix: str | None = None
+    prompt: str | list[str] | list[Int] | list[list[Int]] = Field(json_schema_extra=_prompt_schema(1))
+    echo: StrictBool = Field(default=False, description="Not supported.", json_schema_extra={"enum": [False]})
+    logprobs: Int | None = Field(default=None, description=_NOT_YET, json_schema_extra={"enum": [0, None]})
+    best_of: Int | None = Field(default=None, description="Not supported: leave it unset or equal to n.")
+    suffix: str | None = Field(
+        default=None, description="Not supported.", json_schema_extra={"enum": ["", None]}
+    )
 
     @field_validator("prompt")
     @classmethod
@@ -212,8 +284,10 @@ class CompletionResponse(BaseModel):
 
 # ---- chat -----------------------------------------------------------------------------
 class ContentPart(_Open):
-    type: str
-    text: str | None = None
+    model_config = ConfigDict(json_schema_extra={"required": ["type", "text"]})
+
+    type: str = Field(description="Only 'text' is supported.", json_schema_extra={"enum": ["text"]})
+    text: str | None = Field(default=None, json_schema_extra={"type": "string"})
 
     @model_validator(mode="after")
     def _text_only(self) -> ContentPart:
@@ -224,10 +298,45 @@ class ContentPart(_Open):
         return self
 
 
-class ChatMessage(_Open):
+class ChatMessage(_Strict):
+    """One message. Keys OpenAI does not know are refused, as OpenAI does; its tool-call keys are
+    accepted empty (a replayed history) and refused when set, since tools are not supported."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "if": {"properties": {"role": {"const": "assistant"}}},
+            "else": {"properties": {"content": {"not": {"type": "null"}}}},
+        }
+    )
+
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[ContentPart] | None = None
+    content: str | Annotated[list[ContentPart], Field(min_length=1)] | None = Field(
+        description="Required; only an assistant's may be null."
+    )
     name: str | None = None
+    refusal: str | None = None
+    tool_call_id: str | None = None
+    tool_calls: list[dict[str, Any]] | None = Field(
+        default=None, description=_NOT_YET, json_schema_extra={"maxItems": 0}
+    )
+    function_call: dict[str, Any] | None = Field(
+        default=None, description=_NOT_YET, json_schema_extra={"maxProperties": 0}
+    )
+
+    @field_validator("content")
+    @classmethod
+    def _content_present(cls, value: Any, info: ValidationInfo) -> Any:
+        role = info.data.get("role")
+        if value is None and role is not None and role != "assistant":
+            raise ValueError(f"a {role} message needs content: a string or a list of text parts")
+        return value
+
+    @field_validator("tool_calls", "function_call")
+    @classmethod
+    def _no_tool_calls(cls, value: Any) -> Any:
+        if value:
+            raise ValueError("tool calls are not supported yet: leave it unset")
+        return value
 
     def text(self) -> str:
         if self.content is None:
@@ -238,12 +347,28 @@ class ChatMessage(_Open):
 
 
 class ChatCompletionRequest(_SamplingFields):
+    model_config = ConfigDict(
+        json_schema_extra={"allOf": [_STREAM_OPTIONS_NEED_STREAM, _NOT_BOTH_MAX_TOKENS]}
+    )
+
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    logprobs: StrictBool | None = None
-    top_logprobs: int | None = None
-    response_format: dict[str, Any] | None = None
-    tools: list[dict[str, Any]] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1), _INTEGRAL] | None = Field(
+        default=None, description="Or max_tokens; not both."
+    )
+    logprobs: StrictBool | None = Field(
+        default=None, description=_NOT_YET, json_schema_extra={"enum": [False, None]}
+    )
+    top_logprobs: Int | None = Field(
+        default=None, description=_NOT_YET, json_schema_extra={"enum": [0, None]}
+    )
+    response_format: dict[str, Any] | None = Field(
+        default=None,
+        description="Only {'type': 'text'}.",
+        json_schema_extra={"properties": {"type": {"enum": ["text"]}}},
+    )
+    tools: list[dict[str, Any]] | None = Field(
+        default=None, description=_NOT_YET, json_schema_extra={"maxItems": 0}
+    )
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
     add_generation_prompt: StrictBool = True
@@ -335,9 +460,13 @@ class ChatCompletionChunk(BaseModel):
 # ---- embeddings -------------------------------------------------------------------------
 class EmbeddingRequest(_Strict):
     model: str = Field(min_length=1)
-    input: str | list[str] | list[int] | list[list[int]]
+    input: str | list[str] | list[Int] | list[list[Int]] = Field(
+        json_schema_extra=_prompt_schema(2048, tokens=2048)
+    )
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(default=None, ge=1)
+    dimensions: Annotated[int, Field(ge=1), _INTEGRAL] | None = Field(
+        default=None, description="Only the model's own dimension."
+    )
     user: str | None = None
 
     @field_validator("input")
@@ -397,3 +526,70 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+# ---- OpenAPI -------------------------------------------------------------------------------
+def openapi_body(model: type[BaseModel]) -> dict[str, Any]:
+    """An ``openapi_extra`` that documents ``model`` as a route's JSON request body.
+
+    For routes that read the raw body themselves (to answer in OpenAI's error shape), so
+    FastAPI does not parse or describe it. The model's ``$defs`` are inlined: a ``$ref`` inside
+    an operation resolves against the whole OpenAPI document, which has no ``$defs``.
+    """
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any, seen: tuple[str, ...]) -> Any:
+        if isinstance(node, list):
+            return [inline(item, seen) for item in node]
+        if not isinstance(node, dict):
+            return node
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            name = ref.removeprefix("#/$defs/")
+            if name in seen:
+                raise ValueError(f"{model.__name__} is recursive through {name}: it cannot be inlined")
+            rest = {k: v for k, v in node.items() if k != "$ref"}
+            return {**inline(defs[name], (*seen, name)), **inline(rest, seen)}
+        return {key: inline(value, seen) for key, value in node.items()}
+
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": inline(schema, ())}},
+        }
+    }
+
+
+_ERROR_STATUSES = {
+    400: "Invalid request: the message says why, param names the field.",
+    404: "Unknown model (the message lists the served ones) or route.",
+    413: "The request body is larger than the limit.",
+    500: "Internal error.",
+    503: "Overloaded or not ready: retry after Retry-After seconds.",
+    504: "The request took longer than the platform's timeout.",
+}
+
+
+def openapi_responses(ok: type[BaseModel], *, stream: bool = False) -> dict[int | str, dict[str, Any]]:
+    """FastAPI ``responses=`` for a route: ``ok`` on 200 (or server-sent events of it when
+    ``stream`` is true), and every error in OpenAI's shape."""
+    success: dict[str, Any] = {"model": ok, "description": "Success."}
+    if stream:
+        success["description"] = "Success; with stream=true, server-sent events ending in [DONE]."
+        event = {  # NOTE: before OpenAPI 3.2, an event stream's schema describes one event
+            "type": "object",
+            "required": ["data"],
+            "properties": {
+                "data": {
+                    "type": "string",
+                    "description": "A chunk of the response as JSON (or an error in OpenAI's shape), "
+                    "and last [DONE].",
+                }
+            },
+        }
+        success["content"] = {"text/event-stream": {"schema": event}}
+    errors: dict[int | str, dict[str, Any]] = {
+        status: {"model": ErrorResponse, "description": why} for status, why in _ERROR_STATUSES.items()
+    }
+    return {200: success, **errors}

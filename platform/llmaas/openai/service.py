@@ -13,7 +13,7 @@ import base64
 import contextlib
 import struct
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
@@ -183,6 +183,14 @@ class OpenAIService:
         spec: ModelSpec,
         param: str,
     ) -> _Prepared:
+        room = spec.max_ongoing_requests + spec.batching.max_queued_requests
+        if request.n > room:
+            raise bad_request(
+                f"n={request.n} asks for more choices than model '{spec.id}' can ever hold at once "
+                f"({room}: {spec.max_ongoing_requests} running and {spec.batching.max_queued_requests} "
+                "queued); lower n.",
+                param="n",
+            )
         info = await self.model_info(spec.id)
         limit = info.max_context_length
         if any(t < 0 or t >= info.vocab_size for t in prompt_ids):
@@ -245,7 +253,7 @@ class OpenAIService:
 
     async def _merged(
         self, prepared: _Prepared, trace: RequestTrace
-    ) -> AsyncIterator[tuple[int, GenerationChunk]]:
+    ) -> AsyncGenerator[tuple[int, GenerationChunk], None]:
         """All choices' chunks as they come; closing this cancels every choice."""
         client = self.models[prepared.spec.id]
         trace.prompt_tokens = len(prepared.prompt_ids)
@@ -345,10 +353,10 @@ class OpenAIService:
 
     async def completion_stream(self, request: CompletionRequest) -> AsyncIterator[CompletionResponse]:
         """Validate first (errors raise before any byte is sent), then stream chunks."""
-        prepared, trace = await self._start_stream(
+        prepared, trace, merged = await self._start_stream(
             request, ROUTE_COMPLETIONS, self._completion_prompt(request), "prompt"
         )
-        return self._completion_chunks(request, prepared, trace)
+        return self._completion_chunks(request, prepared, trace, merged)
 
     async def _start_stream(
         self,
@@ -356,22 +364,41 @@ class OpenAIService:
         route: str,
         prompt: Awaitable[tuple[ModelSpec, list[int]]],
         param: str,
-    ) -> tuple[_Prepared, RequestTrace]:
-        """A stream's prompt and requests, with its trace; a refusal here ends the trace."""
+    ) -> tuple[_Prepared, RequestTrace, AsyncIterator[tuple[int, GenerationChunk]]]:
+        """A stream's prompt and requests, its trace, and its chunks with the first one already in.
+
+        NOTE: waiting for the model's first chunk here means a model that refuses the request
+        (full, or not running) is a 503 with Retry-After before any byte is sent, not an error
+        event inside a 200. It costs no latency: that chunk is the first one a caller sees anyway.
+        A refusal here ends the trace.
+        """
         trace = self._trace(request.model, route, stream=True)
         try:
             spec, ids = await prompt
-            return await self._prepare(request, ids, spec, param), trace
+            prepared = await self._prepare(request, ids, spec, param)
+            merged = self._merged(prepared, trace)
+            try:
+                first = await merged.__anext__()
+            except StopAsyncIteration:
+                first = None
+            except BaseException:
+                await merged.aclose()
+                raise
+            return prepared, trace, _prepend(first, merged)
         except BaseException as exc:
             trace.finish(exc)
             raise
 
     async def _completion_chunks(
-        self, request: CompletionRequest, prepared: _Prepared, trace: RequestTrace
+        self,
+        request: CompletionRequest,
+        prepared: _Prepared,
+        trace: RequestTrace,
+        merged: AsyncIterator[tuple[int, GenerationChunk]],
     ) -> AsyncIterator[CompletionResponse]:
         rid, created, total = new_id("cmpl"), now(), 0
         with trace:
-            async for index, chunk in self._merged(prepared, trace):
+            async for index, chunk in merged:
                 if not chunk.text and chunk.finish_reason is None:
                     continue
                 if chunk.finish_reason is not None:
@@ -394,13 +421,17 @@ class OpenAIService:
                 )
 
     async def chat_stream(self, request: ChatCompletionRequest) -> AsyncIterator[ChatCompletionChunk]:
-        prepared, trace = await self._start_stream(
+        prepared, trace, merged = await self._start_stream(
             request, ROUTE_CHAT, self._chat_prompt(request), "messages"
         )
-        return self._chat_chunks(request, prepared, trace)
+        return self._chat_chunks(request, prepared, trace, merged)
 
     async def _chat_chunks(
-        self, request: ChatCompletionRequest, prepared: _Prepared, trace: RequestTrace
+        self,
+        request: ChatCompletionRequest,
+        prepared: _Prepared,
+        trace: RequestTrace,
+        merged: AsyncIterator[tuple[int, GenerationChunk]],
     ) -> AsyncIterator[ChatCompletionChunk]:
         rid, created, total = new_id("chatcmpl"), now(), 0
         model = prepared.spec.id
@@ -412,7 +443,7 @@ class OpenAIService:
                     model=model,
                     choices=[ChatChunkChoice(index=index, delta=DeltaMessage(role="assistant", content=""))],
                 )
-            async for index, chunk in self._merged(prepared, trace):
+            async for index, chunk in merged:
                 if not chunk.text and chunk.finish_reason is None:
                     continue
                 if chunk.finish_reason is not None:
@@ -484,6 +515,21 @@ class OpenAIService:
 
         await asyncio.gather(*(probe(m) for m in self.models))
         return out
+
+
+async def _prepend(
+    first: tuple[int, GenerationChunk] | None, rest: AsyncIterator[tuple[int, GenerationChunk]]
+) -> AsyncIterator[tuple[int, GenerationChunk]]:
+    """``first`` (when there is one), then ``rest``; closing this closes ``rest`` (cancelling it)."""
+    try:
+        if first is not None:
+            yield first
+        async for item in rest:
+            yield item
+    finally:
+        aclose = getattr(rest, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 async def _raise(exc: BaseException) -> None:

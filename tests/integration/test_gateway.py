@@ -276,4 +276,5 @@ def test_no_acknowledged_row_is_lost_when_a_router_is_killed(gw_url: str, gatewa
     recorded = {r.request_id for r in store.usage_rows() if r.key_id == key_id}
     store.close()
     lost = [rid for rid in acknowledged if rid not in recorded]
+    print(f"FIGURES router SIGKILL: {len(acknowledged)} answered, {failed} failed, {len(lost)} rows lost")
     assert lost == [], f"{len(lost)} of {len(acknowledged)} acknowledged requests have no ledger row"

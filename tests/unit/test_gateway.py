@@ -184,7 +184,7 @@ def test_store_usage_rows_and_summary(store: Store, store_url: str):
     again.close()
 
 
-def test_sqlite_store_is_in_wal_mode_with_full_sync(tmp_path: Path):
+def test_sqlite_store_is_in_wal_mode(tmp_path: Path):
     open_store(f"sqlite:///{tmp_path / 'w.db'}").close()
     conn = sqlite3.connect(tmp_path / "w.db")
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -245,9 +245,10 @@ def test_keys_made_or_revoked_elsewhere_take_effect(store_url: str):
     asyncio.run(main())
 
 
-def test_ledger_commits_concurrent_rows_in_groups(store_url: str):
+@pytest.mark.parametrize("interval_ms", [0, 5])
+def test_ledger_commits_concurrent_rows_in_groups(store_url: str, interval_ms: float):
     async def main() -> None:
-        gw = _gateway(store_url, Clock(), commit_interval_ms=5)
+        gw = _gateway(store_url, Clock(), commit_interval_ms=interval_ms)
         await gw.start()
         await asyncio.gather(*(gw.record(_row(i)) for i in range(200)))
         # every awaited row is committed: a fresh connection sees them all

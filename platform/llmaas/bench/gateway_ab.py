@@ -79,12 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     from llmaas.deployments import build_from_catalog
     from llmaas.gateway.keys import KeyRequest, make_key
     from llmaas.gateway.store import open_store
-    from llmaas.launch import start_platform, stop_platform
+    from llmaas.launch import cpus_needed, start_platform, stop_platform
 
     database = f"sqlite:///{Path(tempfile.mkdtemp(prefix='llmaas-gw-')) / 'gateway.db'}"
     plain, gated = _catalogs(args.model, database)
     prepare(plain)
-    url = start_platform(plain, port=args.port, extra_cpus=gated.models[0].resources.num_cpus + 0.5)
+    url = start_platform(plain, port=args.port, extra_cpus=cpus_needed(gated))
     try:
         serve.run(build_from_catalog(gated), name="gated", route_prefix="/gated", blocking=False)
         _wait_running("gated")

@@ -34,10 +34,13 @@ class GatewayConfig(BaseConfig):
         description="How soon a key revoked or changed in the database (e.g. by the CLI) takes effect.",
     )
     commit_interval_ms: float = Field(
-        default=5.0,
+        default=0.0,
         ge=0,
         le=1000,
-        description="The ledger commits rows in groups: how long a group waits for more rows.",
+        description=(
+            "How long the ledger waits for more rows before a commit. 0: commit at once; rows that "
+            "arrive during a commit go into the next one, so groups form under load anyway."
+        ),
     )
     num_cpus: float = Field(default=0.1, ge=0, description="CPUs of the gateway deployment.")
 

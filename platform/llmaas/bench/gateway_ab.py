@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import json
 import tempfile
-import time
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -48,18 +47,6 @@ def _catalogs(model: str, database: str) -> tuple[Catalog, Catalog]:
     return plain, gated
 
 
-def _wait_running(app: str, timeout_s: float = 600) -> None:
-    from ray import serve
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        status = serve.status().applications.get(app)
-        if status is not None and str(status.status).endswith("RUNNING"):
-            return
-        time.sleep(1)
-    raise SystemExit(f"error: {app} did not start in {timeout_s:.0f}s")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -79,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     from llmaas.deployments import build_from_catalog
     from llmaas.gateway.keys import KeyRequest, make_key
     from llmaas.gateway.store import open_store
-    from llmaas.launch import cpus_needed, start_platform, stop_platform
+    from llmaas.launch import cpus_needed, start_platform, stop_platform, wait_running
 
     database = f"sqlite:///{Path(tempfile.mkdtemp(prefix='llmaas-gw-')) / 'gateway.db'}"
     plain, gated = _catalogs(args.model, database)
@@ -87,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     url = start_platform(plain, port=args.port, extra_cpus=cpus_needed(gated))
     try:
         serve.run(build_from_catalog(gated), name="gated", route_prefix="/gated", blocking=False)
-        _wait_running("gated")
+        wait_running("gated", timeout_s=600)
         made = make_key(KeyRequest(name="bench"))
         store = open_store(database)
         store.create_key(made.key)

@@ -142,6 +142,11 @@ def test_admin_routes_make_list_and_revoke_keys(gw_url: str, gateway_db: str) ->
     assert made["id"] in {k["id"] for k in listed}
     assert not any("key_hash" in k or "secret" in k for k in listed)
     assert _chat(gw_url, made["secret"], model="gw-gpt2").status_code == 200
+    usage = httpx.get(f"{gw_url}/admin/usage", params={"since": time.time() - 600}, headers=as_admin)
+    assert usage.status_code == 200, usage.text
+    [mine] = [row for row in usage.json()["data"] if row["key_id"] == made["id"]]
+    assert (mine["model"], mine["requests"], mine["errors"]) == ("gw-gpt2", 1, 0)
+    assert mine["completion_tokens"] > 0
 
     revoked = httpx.delete(f"{gw_url}/admin/keys/{made['id']}", headers=as_admin, timeout=30)
     assert revoked.status_code == 200
@@ -257,9 +262,10 @@ def test_no_acknowledged_row_is_lost_when_a_router_is_killed(gw_url: str, gatewa
 
     async def load() -> None:
         async with httpx.AsyncClient(timeout=60) as client:
-            waves = [asyncio.gather(*(one(client, w * 8 + i) for i in range(8))) for w in range(6)]
-            for w, wave in enumerate(waves):
-                if w == 2:
+            for w in range(6):
+                wave = asyncio.gather(*(one(client, w * 8 + i) for i in range(8)))
+                if w == 2:  # while this wave runs
+                    await asyncio.sleep(0.2)
                     victim = next(
                         a
                         for a in list_actors(filters=[("state", "=", "ALIVE")], detail=True)

@@ -7,6 +7,7 @@ backpressure and availability errors to the engine's.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -66,12 +67,37 @@ class HandleTokenizer:
 
 
 class HandleModel:
-    def __init__(self, handle: DeploymentHandle) -> None:
+    """A model deployment's handle, with a bound on how long a call waits for a replica to take it.
+
+    NOTE: Serve's handle waits without limit while no replica has room, or none runs (a model
+    scaled to zero; Serve starts one because the call waits). ``queue_timeout_s`` bounds that
+    wait: past it the call is withdrawn and fails with ``EngineNotReady`` (a 503 with
+    Retry-After), naming the model. A unary call's bound is its whole time (info and embed
+    calls are short); a stream's is the time to its first chunk.
+    """
+
+    def __init__(
+        self, handle: DeploymentHandle, model_id: str = "", queue_timeout_s: float | None = None
+    ) -> None:
         self._handle = handle
         self._stream = handle.options(stream=True)
+        self._model_id = model_id or handle.deployment_name
+        self._timeout_s = queue_timeout_s
+
+    def _not_taken(self) -> EngineNotReady:
+        return EngineNotReady(
+            f"no replica of model {self._model_id!r} took the request within {self._timeout_s:.0f}s: "
+            "the model is starting (it may be scaled to zero) or every replica is busy; retry shortly"
+        )
+
+    async def _bounded(self, call: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await asyncio.wait_for(_await(call), timeout=self._timeout_s)
+        except TimeoutError as exc:
+            raise self._not_taken() from exc
 
     async def info(self) -> ModelInfo:
-        result: ModelInfo = await _await(lambda: self._handle.info.remote())
+        result: ModelInfo = await self._bounded(lambda: self._handle.info.remote())
         return result
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
@@ -79,7 +105,14 @@ class HandleModel:
         finished = False
         try:
             response = self._stream.generate.remote(request)  # NOTE: may raise (backpressure)
-            async for chunk in response:
+            chunks = aiter(response)
+            try:
+                first = await asyncio.wait_for(anext(chunks), timeout=self._timeout_s)
+            except TimeoutError as exc:
+                raise self._not_taken() from exc
+            finished = first.finish_reason is not None
+            yield first
+            async for chunk in chunks:
                 finished = chunk.finish_reason is not None
                 yield chunk
         except Exception as exc:
@@ -97,5 +130,5 @@ class HandleModel:
                     response.cancel()
 
     async def embed(self, inputs: list[list[int]]) -> list[list[float]]:
-        result: list[list[float]] = await _await(lambda: self._handle.embed.remote(inputs))
+        result: list[list[float]] = await self._bounded(lambda: self._handle.embed.remote(inputs))
         return result

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from llmaas.autoscaling import autoscaling_stats
 from llmaas.config.catalog import ModelSpec, Task
 from llmaas.engine import (
     Engine,
@@ -88,6 +89,12 @@ class ModelReplica:
 
     async def embed(self, inputs: list[list[int]]) -> list[list[float]]:
         return await self.engine.embed(inputs)
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Serve's autoscaling hook: this replica's running + waiting sequences (``llmaas.autoscaling``)."""
+        if self.spec.task is not Task.GENERATE:
+            return {}  # NOTE: no scheduler here: the policy falls back to Serve's request counts
+        return autoscaling_stats(self.engine.health())
 
     def health(self) -> EngineHealth:
         return self.engine.health()

@@ -21,7 +21,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from llmaas.config.catalog import Catalog
+from llmaas.config.catalog import Catalog, deployment_name
 from llmaas.deployments.handles import HandleModel, HandleTokenizer
 from llmaas.gateway.client import GatewayClient
 from llmaas.gateway.keys import KeyRequest
@@ -163,28 +163,65 @@ class Router:
 
     async def __init__(  # type: ignore[misc]  # Serve awaits async constructors
         self,
-        catalog: Catalog,
+        catalog: Catalog | None,
         tokenizer: DeploymentHandle,
         models: dict[str, DeploymentHandle],
         gateway: DeploymentHandle | None = None,
     ) -> None:
-        self.catalog = catalog
-        self.tokenizer = LocalFirstTokenizer(
+        """Without ``catalog`` (``llmaas deploy``), the router starts from its first ``user_config``."""
+        self._tokenizer_handle = tokenizer
+        self._gateway_handle = gateway
+        self._model_apps: dict[str, str] = {}
+        self.catalog: Catalog | None = None
+        if catalog is not None:
+            await self._load(catalog, models)
+
+    async def reconfigure(self, config: dict[str, Any]) -> None:
+        """Serve hands a live replica the catalog of a new deploy (``user_config``): route to it.
+
+        ``config["model_apps"]`` names the Serve application of each model that runs in another
+        one (``llmaas deploy`` runs each model as its own). Requests in flight keep the service
+        they started with; new ones get the new catalog.
+        """
+        catalog = Catalog.model_validate(config["catalog"])
+        model_apps: dict[str, str] = dict(config.get("model_apps") or {})
+        if catalog == self.catalog and model_apps == self._model_apps:
+            return
+        own = serve.get_replica_context().app_name
+        # NOTE: an added model's application may not exist yet (Serve builds it after handing out
+        # this config); its handle waits for replicas like a handle to a model scaled to zero.
+        models = {
+            m.id: serve.get_deployment_handle(
+                deployment_name(m.id), model_apps.get(m.id, own), _check_exists=False
+            )
+            for m in catalog.models
+        }
+        self._model_apps = model_apps
+        await self._load(catalog, models)
+        logger.info("router: serving %s", ", ".join(m.id for m in catalog.models))
+
+    async def _load(self, catalog: Catalog, models: dict[str, DeploymentHandle]) -> None:
+        tokenizer = LocalFirstTokenizer(
             await asyncio.to_thread(load_pool, catalog),
-            HandleTokenizer(tokenizer),
+            HandleTokenizer(self._tokenizer_handle),
             inline_max_chars=catalog.tokenizer.inline_max_chars,
         )
-        self.gateway = (
-            GatewayClient(gateway, auth=catalog.gateway.auth, ledger=catalog.gateway.ledger)
-            if gateway is not None and catalog.gateway is not None
+        gateway = (
+            GatewayClient(self._gateway_handle, auth=catalog.gateway.auth, ledger=catalog.gateway.ledger)
+            if self._gateway_handle is not None and catalog.gateway is not None
             else None
         )
-        self.service = OpenAIService(
+        service = OpenAIService(
             catalog,
-            self.tokenizer,
-            {model_id: HandleModel(h) for model_id, h in models.items()},
-            metrics=FanOut(default_request_recorder(), self.gateway) if self.gateway else None,
+            tokenizer,
+            {
+                spec.id: HandleModel(models[spec.id], spec.id, spec.replicas.queue_timeout_s)
+                for spec in catalog.models
+            },
+            metrics=FanOut(default_request_recorder(), gateway) if gateway else None,
         )
+        # NOTE: swapped together, after everything loaded: a request sees one catalog or the other.
+        self.catalog, self.tokenizer, self.gateway, self.service = catalog, tokenizer, gateway, service
 
     async def _settle(self, request_id: str | None = None) -> None:
         if self.gateway is not None:
@@ -285,7 +322,7 @@ class Router:
                     return JSONResponse(_dump(card))
             from llmaas.openai.errors import model_not_found
 
-            raise model_not_found(model_id, [m.id for m in self.catalog.models])
+            raise model_not_found(model_id, [m.id for m in self.service.catalog.models])
 
         return await self._respond(work)
 

@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from llmaas.config.catalog import Catalog
-from llmaas.tokenization import load_pool
+from llmaas.tokenization import TokenizerPool, load_pool
 
 
 class Tokenizer:
     """CPU-only and stateless, so it scales on its own, apart from the model replicas."""
 
-    async def __init__(self, catalog: Catalog) -> None:  # type: ignore[misc]  # Serve awaits async constructors
-        self.pool = await asyncio.to_thread(load_pool, catalog)
+    async def __init__(self, catalog: Catalog | None) -> None:  # type: ignore[misc]  # Serve awaits it
+        """Without ``catalog``, the tokenizers load from the first ``user_config``."""
+        self.catalog = catalog
+        self.pool = await asyncio.to_thread(load_pool, catalog) if catalog is not None else TokenizerPool({})
+
+    async def reconfigure(self, config: dict[str, Any]) -> None:
+        """A new deploy's catalog (Serve's ``user_config``): load the tokenizers of added models."""
+        catalog = Catalog.model_validate(config["catalog"])
+        if catalog != self.catalog:
+            self.pool = await asyncio.to_thread(load_pool, catalog)
+            self.catalog = catalog
 
     def encode(self, model_id: str, texts: list[str], add_special_tokens: bool = True) -> list[list[int]]:
         return self.pool.encode(model_id, texts, add_special_tokens)

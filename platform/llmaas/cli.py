@@ -5,6 +5,7 @@ Examples:
   llmaas serve --catalog models.yaml --host 0.0.0.0 --port 8080
   llmaas prepare --catalog models.yaml      # build/load demo models ahead of time
   llmaas check --catalog models.yaml        # validate a catalog, deploy nothing
+  llmaas deploy models.yaml                 # converge a running platform to the file (rolls what changed)
   llmaas status                             # replicas and load of every model of a running platform
   llmaas bench --catalog bench --model bench-llama --baselines all   # the committed benchmark
   llmaas bench --url http://127.0.0.1:8000 --model tiny-llama-chat    # load-test a running platform
@@ -129,6 +130,43 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(
             f"ok  {spec.id:<32} {spec.task.value:<9} tp={spec.tensor_parallel_size} {spec.source.describe()}"
         )
+    return 0
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    import logging
+
+    import ray
+
+    from llmaas.deploy import apply_catalog, deployed_catalog, diff
+    from llmaas.launch import wait_catalog
+
+    catalog = load_checked_catalog(args.catalog)
+    if catalog is None:
+        return 2
+    prepare(catalog)
+    try:
+        ray.init(address=args.address, log_to_driver=False, logging_level=logging.WARNING)
+    except ConnectionError as exc:
+        print(f"error: no Ray cluster at {args.address} ({exc}); start one: llmaas serve", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        for line in diff(deployed_catalog(catalog.app_name), catalog).lines():
+            print(f"  {line}")
+        return 0
+    try:
+        change = apply_catalog(catalog)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"llmaas: deploying {args.catalog} to application {catalog.app_name}:")
+    for line in change.lines():
+        print(f"  {line}")
+    if args.no_wait:
+        return 0
+    time.sleep(1.0)  # NOTE: the controller marks the app DEPLOYING on its next loop
+    wait_catalog(catalog, args.timeout)
+    print("llmaas: the platform runs the catalog")
     return 0
 
 
@@ -273,6 +311,16 @@ def parser() -> argparse.ArgumentParser:
     check_p = sub.add_parser("check", help="validate a catalog without deploying it")
     check_p.add_argument("--catalog")
     check_p.set_defaults(func=cmd_check)
+    deploy_p = sub.add_parser(
+        "deploy",
+        help="converge a running platform to a catalog file: add, remove, resize and roll models",
+    )
+    deploy_p.add_argument("catalog", help="catalog YAML (the whole desired state, like serve deploy)")
+    deploy_p.add_argument("--address", default="auto", help="Ray cluster address (default: auto)")
+    deploy_p.add_argument("--dry-run", action="store_true", help="print what would change, deploy nothing")
+    deploy_p.add_argument("--no-wait", action="store_true", help="return once the controller took it")
+    deploy_p.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for the rollout")
+    deploy_p.set_defaults(func=cmd_deploy)
     status_p = sub.add_parser(
         "status", help="deployments, replicas and each model's load (exit 0: all healthy, 3: not)"
     )

@@ -105,7 +105,7 @@ def start_platform(
     import ray
     from ray import serve
 
-    from llmaas.deployments.builder import build_from_catalog
+    from llmaas.deploy import apply_catalog
 
     if address:
         ray.init(address=address, log_to_driver=False)
@@ -124,17 +124,21 @@ def start_platform(
             http_options["ssl_keyfile_password"] = ssl_keyfile_password
     serve.start(http_options=http_options)
     print("llmaas: starting replicas (router, tokenizer, models)")
-    # NOTE: run_many can return before the replicas start (serve.run waits for them), so that
-    # wait_running shows them starting.
-    serve.run_many(
-        [serve.RunTarget(build_from_catalog(catalog), name=catalog.app_name, route_prefix="/")],
-        wait_for_ingress_deployment_creation=False,
-        wait_for_applications_running=False,
-    )
-    labels = {deployment_name(spec.id): spec.id for spec in catalog.models}
-    wait_running(catalog.app_name, timeout_s=start_timeout_s, targets=target_replicas(catalog), labels=labels)
+    # NOTE: a declarative deploy (as `serve deploy`), so that a later `llmaas deploy` of another
+    # catalog rolls only what changed; it returns at once and wait_running shows replicas starting.
+    apply_catalog(catalog)
+    wait_catalog(catalog, start_timeout_s)
     scheme = "https" if ssl_keyfile and ssl_certfile else "http"
     return f"{scheme}://{host}:{port}"
+
+
+def wait_catalog(catalog: Catalog, timeout_s: float) -> None:
+    """Wait until the catalog's applications (front and models) run every replica they start with."""
+    from llmaas.deploy import model_app_name
+
+    labels = {deployment_name(spec.id): spec.id for spec in catalog.models}
+    apps = [catalog.app_name, *(model_app_name(catalog.app_name, spec.id) for spec in catalog.models)]
+    wait_running(apps, timeout_s=timeout_s, targets=target_replicas(catalog), labels=labels)
 
 
 def stop_platform() -> None:
@@ -146,13 +150,13 @@ def stop_platform() -> None:
 
 
 def wait_running(
-    app_name: str,
+    apps: str | list[str],
     timeout_s: float,
     *,
     targets: dict[str, int] | None = None,
     labels: dict[str, str] | None = None,
 ) -> None:
-    """Wait until Serve reports ``app_name`` RUNNING, showing its replicas starting.
+    """Wait until Serve reports every application of ``apps`` RUNNING, showing replicas starting.
 
     ``targets`` (deployment -> replicas, see ``target_replicas``) sets what "all running" means;
     without it, the replicas Serve reports so far. Exits with a message on failure or timeout.
@@ -161,31 +165,37 @@ def wait_running(
 
     from llmaas.progress import ProgressBar, replica_progress
 
-    progress = ProgressBar(app_name, total=sum((targets or {}).values()), unit="replica", steps=None)
+    names = [apps] if isinstance(apps, str) else apps
+    progress = ProgressBar(names[0], total=sum((targets or {}).values()), unit="replica", steps=None)
     deadline = time.monotonic() + timeout_s
     try:
         while time.monotonic() < deadline:
-            status = serve.status().applications.get(app_name)
-            state = _bare(status.status) if status else "NOT_STARTED"
+            statuses = serve.status().applications
+            states = {
+                name: _bare(statuses[name].status) if name in statuses else "NOT_STARTED" for name in names
+            }
             replicas = {
-                name: {_bare(s): int(n) for s, n in dep.replica_states.items()}
-                for name, dep in (status.deployments.items() if status else ())
+                deployment: {_bare(s): int(n) for s, n in dep.replica_states.items()}
+                for name in names
+                if name in statuses
+                for deployment, dep in statuses[name].deployments.items()
             }
             running, target, message = replica_progress(replicas, targets or {}, labels)
-            if state != "RUNNING" and running >= target:
-                message += f" (application {state.lower()})"
+            pending = {name: state for name, state in states.items() if state != "RUNNING"}
+            if pending and running >= target:
+                message += " (" + ", ".join(f"{n} {st.lower()}" for n, st in pending.items()) + ")"
             progress.set_total(target)
             progress(message, running / target if target else 0.0)
-            if state == "RUNNING":
+            if not pending:
                 return
-            if state == "DEPLOY_FAILED":
-                raise SystemExit(
-                    f"llmaas: deployment of {app_name} failed: {status.message if status else ''}"
-                )
+            failed = [name for name, state in pending.items() if state == "DEPLOY_FAILED"]
+            if failed:
+                reasons = "; ".join(f"{name}: {statuses[name].message}" for name in failed)
+                raise SystemExit(f"llmaas: deployment failed: {reasons}")
             time.sleep(1)
     finally:
         progress.close()
-    raise SystemExit(f"llmaas: the application {app_name} was not running after {timeout_s:.0f}s")
+    raise SystemExit(f"llmaas: {', '.join(names)} not running after {timeout_s:.0f}s")
 
 
 def _bare(value: Any) -> str:

@@ -28,6 +28,7 @@ class DeploymentRow(BaseModel):
     message: str = ""
     health: EngineHealth | None = None
     health_error: str = ""
+    app: str = Field(default="", description="the Serve application it runs in (models may have their own)")
 
     @property
     def running_replicas(self) -> int:
@@ -50,8 +51,13 @@ def _kind(deployment: str) -> str:
     return "model" if deployment.startswith("model-") else deployment
 
 
-def rows_from_serve(app: str, overview: Any) -> AppStatus:
-    """Our view of one ``serve.status().applications[app]`` (an ApplicationStatusOverview)."""
+def rows_from_serve(app: str, overview: Any, model_apps: Mapping[str, Any] | None = None) -> AppStatus:
+    """Our view of ``serve.status().applications[app]`` (an ApplicationStatusOverview), with the
+    applications that ``llmaas deploy`` runs its models in (``model_apps``, name -> overview)."""
+    overviews = {app: overview, **(model_apps or {})}
+    deployments = [
+        (name, dep, where) for where, o in overviews.items() for name, dep in o.deployments.items()
+    ]
     rows = [
         DeploymentRow(
             name=name,
@@ -59,17 +65,21 @@ def rows_from_serve(app: str, overview: Any) -> AppStatus:
             status=_name(dep.status),
             replicas={_name(state): int(count) for state, count in dep.replica_states.items()},
             message=dep.message or "",
+            app=where,
         )
-        for name, dep in sorted(overview.deployments.items(), key=lambda kv: (_kind(kv[0]) != "model", kv[0]))
+        for name, dep, where in sorted(deployments, key=lambda d: (_kind(d[0]) != "model", d[0]))
     ]
-    return AppStatus(app=app, status=_name(overview.status), message=overview.message or "", deployments=rows)
+    states = [_name(o.status) for o in overviews.values()]
+    worst = next((s for s in states if s != "RUNNING"), "RUNNING")
+    messages = "; ".join(o.message for o in overviews.values() if o.message)
+    return AppStatus(app=app, status=worst, message=messages, deployments=rows)
 
 
 async def _health(app: str, row: DeploymentRow) -> None:
     from ray import serve
 
     try:
-        handle = serve.get_deployment_handle(row.name, app_name=app)
+        handle = serve.get_deployment_handle(row.name, app_name=row.app or app)
         result = await asyncio.wait_for(handle.health.remote(), timeout=HEALTH_TIMEOUT_S)
         row.health = EngineHealth.model_validate(result)
     except Exception as exc:  # a loading or dead replica: say so, do not fail the report
@@ -80,10 +90,14 @@ def collect(app: str) -> AppStatus | None:
     """The application's status from a connected Ray driver; None when Serve does not run ``app``."""
     from ray import serve
 
-    overview = serve.status().applications.get(app)
+    from llmaas.deploy import is_model_app
+
+    applications = serve.status().applications
+    overview = applications.get(app)
     if overview is None:
         return None
-    status = rows_from_serve(app, overview)
+    model_apps = {name: o for name, o in applications.items() if is_model_app(app, name)}
+    status = rows_from_serve(app, overview, model_apps)
     models = [row for row in status.deployments if row.kind == "model" and row.running_replicas]
 
     async def gather() -> None:

@@ -111,26 +111,50 @@ class SamplingDefaults(BaseConfig):
 class AutoscalingConfig(BaseConfig):
     """Serve autoscaling bounds for one model."""
 
-    min_replicas: int = Field(default=1, ge=0)
-    max_replicas: int = Field(default=1, ge=1)
+    min_replicas: int = Field(default=1, ge=0, description="0 lets an idle model release its devices.")
+    max_replicas: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "Upper bound; left out: as many as the cluster in cluster.yaml can hold (1 without one)."
+        ),
+    )
     initial_replicas: int | None = Field(default=None, ge=0)
-    target_ongoing_requests: float = Field(default=8.0, gt=0)
-    upscale_delay_s: float = Field(default=10.0, ge=0)
-    downscale_delay_s: float = Field(default=300.0, ge=0)
+    target_ongoing_requests: float | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "Sequences (running + waiting in the scheduler) each replica should hold; the signal"
+            " is the engine's, see llmaas.autoscaling. Default: 3/4 of batching.max_batch_size."
+        ),
+    )
+    upscale_delay_s: float = Field(
+        default=10.0, ge=0, description="A rise must last this long to add replicas."
+    )
+    downscale_delay_s: float = Field(
+        default=300.0, ge=0, description="A fall must last this long to remove replicas (1 -> 0 too)."
+    )
+    metrics_interval_s: float = Field(default=10.0, gt=0, description="How often replicas report their load.")
+    look_back_period_s: float = Field(default=30.0, gt=0, description="The window the load is averaged over.")
+
+    @property
+    def max_or_default(self) -> int:
+        """``max_replicas``, or 1 where neither the catalog nor a cluster file has set it."""
+        return self.max_replicas if self.max_replicas is not None else max(1, self.min_replicas)
 
     @model_validator(mode="after")
     def _bounds(self) -> AutoscalingConfig:
-        if self.min_replicas > self.max_replicas:
+        if self.max_replicas is not None and self.min_replicas > self.max_replicas:
             raise ValueError(
                 f"autoscaling.min_replicas ({self.min_replicas}) is above max_replicas "
                 f"({self.max_replicas}): raise max_replicas or lower min_replicas"
             )
         if self.initial_replicas is not None and not (
-            self.min_replicas <= self.initial_replicas <= self.max_replicas
+            self.min_replicas <= self.initial_replicas <= self.max_or_default
         ):
             raise ValueError(
                 f"autoscaling.initial_replicas ({self.initial_replicas}) must lie between "
-                f"min_replicas ({self.min_replicas}) and max_replicas ({self.max_replicas})"
+                f"min_replicas ({self.min_replicas}) and max_replicas ({self.max_or_default})"
             )
         return self
 
@@ -142,6 +166,14 @@ class ReplicaConfig(BaseConfig):
     autoscaling: AutoscalingConfig | None = Field(default=None)
     max_ongoing_requests: int | None = Field(
         default=None, ge=1, description="Requests one replica takes at once (default: 2 x max_batch_size)."
+    )
+    queue_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        description=(
+            "How long a request waits for a replica to take it (a model scaled to zero starting one,"
+            " or every replica full) before a 503 with Retry-After."
+        ),
     )
 
     @model_validator(mode="after")
@@ -278,6 +310,19 @@ class ModelSpec(BaseConfig):
     @property
     def max_ongoing_requests(self) -> int:
         return self.replicas.max_ongoing_requests or 2 * self.batching.max_batch_size
+
+    @property
+    def scales_to_zero(self) -> bool:
+        autoscaling = self.replicas.autoscaling
+        return autoscaling is not None and autoscaling.min_replicas == 0
+
+    @property
+    def target_sequences(self) -> float:
+        """Sequences per replica that autoscaling aims at (``autoscaling.target_ongoing_requests``)."""
+        autoscaling = self.replicas.autoscaling
+        if autoscaling is not None and autoscaling.target_ongoing_requests is not None:
+            return autoscaling.target_ongoing_requests
+        return max(1.0, 0.75 * self.batching.max_batch_size)
 
 
 class ComponentConfig(BaseConfig):

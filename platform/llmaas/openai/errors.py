@@ -60,12 +60,12 @@ def model_not_found(model: str, served: list[str]) -> OpenAIError:
     )
 
 
-def unavailable(message: str, retry_after_s: int = 1) -> OpenAIError:
+def unavailable(message: str, retry_after_s: int = 1, code: str = "overloaded") -> OpenAIError:
     return OpenAIError(
         503,
         message,
         type="server_error",
-        code="overloaded",
+        code=code,
         headers={"Retry-After": str(retry_after_s)},
     )
 

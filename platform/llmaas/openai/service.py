@@ -145,8 +145,15 @@ class OpenAIService:
         with contextlib.suppress(Exception):  # a model still loading is listed without its limits
             self._info[model_id] = await asyncio.wait_for(self.models[model_id].info(), timeout=2)
 
+    def _wakes(self, model_id: str) -> bool:
+        """Whether a call to the model may start a replica: one scaled to zero is not probed."""
+        spec = self.catalog.get(model_id)
+        return spec is not None and spec.scales_to_zero
+
     async def list_models(self) -> ModelList:
-        await asyncio.gather(*(self._try_info(m) for m in self.models if m not in self._info))
+        await asyncio.gather(
+            *(self._try_info(m) for m in self.models if m not in self._info and not self._wakes(m))
+        )
         cards = []
         for spec in self.catalog.models:
             info = self._info.get(spec.id)
@@ -169,7 +176,7 @@ class OpenAIService:
         except EngineOverloaded as exc:
             raise unavailable(str(exc)) from exc
         except EngineNotReady as exc:
-            raise unavailable(str(exc), retry_after_s=5) from exc
+            raise unavailable(str(exc), retry_after_s=5, code="model_not_ready") from exc
         except UnsupportedTask as exc:
             raise bad_request(str(exc), param="model", code="wrong_task") from exc
         except EngineError as exc:
@@ -503,10 +510,16 @@ class OpenAIService:
         )
 
     async def ready(self) -> dict[str, str]:
-        """Per model: 'ready' or why not. Cached model info is refreshed so a dead model shows."""
+        """Per model: 'ready' or why not. Cached model info is refreshed so a dead model shows.
+
+        A model that may scale to zero is 'ready' unprobed: a probe would start a replica.
+        """
         out: dict[str, str] = {}
 
         async def probe(model_id: str) -> None:
+            if self._wakes(model_id):
+                out[model_id] = "ready"
+                return
             try:
                 self._info[model_id] = await asyncio.wait_for(self.models[model_id].info(), timeout=5)
                 out[model_id] = "ready"

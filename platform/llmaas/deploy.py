@@ -1,0 +1,163 @@
+"""Declarative deploys: the running platform converges to a catalog, the way ``serve deploy`` does.
+
+A catalog becomes one Serve application for the router and tokenizer (named by ``app_name``)
+and one per model (``<app_name>-model-<id>``), all through Serve's declarative API; see
+``llmaas.deployments.builder`` for why that split lets Serve roll only the models whose entries
+changed, resize without restarts, and tell the router about added and removed models live.
+
+Serve deletes any declaratively deployed application that a new config leaves out: that is how
+a removed model goes, and why a deploy carries over other applications' configs as they are.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from llmaas.config.base import BaseConfig
+from llmaas.config.catalog import Catalog, ModelSpec, deployment_name
+
+
+class CatalogChange(BaseConfig):
+    """What a deploy changes, by model id."""
+
+    added: list[str] = Field(default_factory=list)
+    removed: list[str] = Field(default_factory=list)
+    updated: list[str] = Field(default_factory=list, description="New weights or parameters: replicas roll.")
+    resized: list[str] = Field(default_factory=list, description="New replica counts: no restart.")
+    other: bool = Field(default=False, description="Router, tokenizer, gateway or app settings changed.")
+
+    @property
+    def empty(self) -> bool:
+        return not (self.added or self.removed or self.updated or self.resized or self.other)
+
+    def lines(self) -> list[str]:
+        if self.empty:
+            return ["no change"]
+        verbs = ("added", "removed", "updated", "resized")
+        out = [f"{verb} {model}" for verb in verbs for model in getattr(self, verb)]
+        if self.other:
+            out.append("changed router/tokenizer/gateway settings")
+        return out
+
+
+def _entry(spec: ModelSpec) -> dict[str, Any]:
+    return spec.model_dump(mode="json", exclude={"replicas"})
+
+
+def diff(old: Catalog | None, new: Catalog) -> CatalogChange:
+    """The change from ``old`` (None: nothing deployed) to ``new``."""
+    before = {m.id: m for m in old.models} if old else {}
+    after = {m.id: m for m in new.models}
+    change = CatalogChange(
+        added=[m for m in after if m not in before],
+        removed=[m for m in before if m not in after],
+    )
+    for model_id in after.keys() & before.keys():
+        if _entry(after[model_id]) != _entry(before[model_id]):
+            change.updated.append(model_id)
+        elif after[model_id].replicas != before[model_id].replicas:
+            change.resized.append(model_id)
+    change.updated.sort()
+    change.resized.sort()
+    if old is not None:
+        change.other = old.model_dump(exclude={"models"}) != new.model_dump(exclude={"models"})
+    return change
+
+
+FRONT_IMPORT_PATH = "llmaas.deployments.builder:build_front"
+MODEL_IMPORT_PATH = "llmaas.deployments.builder:build_model"
+
+
+def model_app_name(app_name: str, model_id: str) -> str:
+    """The Serve application that runs one model of the platform ``app_name``."""
+    return f"{app_name}-{deployment_name(model_id)}"
+
+
+def is_model_app(app_name: str, name: str) -> bool:
+    """Whether the Serve application ``name`` runs a model of the platform ``app_name``."""
+    return name.startswith(f"{app_name}-model-")
+
+
+def app_configs(catalog: Catalog, route_prefix: str = "/") -> list[dict[str, Any]]:
+    """The catalog as Serve config entries (``applications:`` of ``serve deploy``): front, then models."""
+    from llmaas.deployments.builder import catalog_user_config, front_args, scaling_options
+
+    model_apps = {spec.id: model_app_name(catalog.app_name, spec.id) for spec in catalog.models}
+    user_config = catalog_user_config(catalog, model_apps)
+    front = {
+        "name": catalog.app_name,
+        "route_prefix": route_prefix,
+        "import_path": FRONT_IMPORT_PATH,
+        "args": front_args(catalog).model_dump(mode="json"),
+        "deployments": [
+            {"name": "router", "user_config": user_config},
+            {"name": "tokenizer", "user_config": user_config},
+        ],
+    }
+    models = [
+        {
+            "name": model_apps[spec.id],
+            "route_prefix": None,  # NOTE: reached through the router only
+            "import_path": MODEL_IMPORT_PATH,
+            # NOTE: replica counts are left out of args (a change there rebuilds and restarts the
+            # application) and given as the deployment's override, which Serve applies live
+            "args": {
+                "model": spec.model_dump(mode="json", exclude={"replicas"}),
+                "cache_dir": str(catalog.cache_path),
+            },
+            "deployments": [{"name": deployment_name(spec.id), **scaling_options(spec)}],
+        }
+        for spec in catalog.models
+    ]
+    return [front, *models]
+
+
+def _client() -> Any:
+    from ray.serve.context import _get_global_client
+
+    client = _get_global_client()
+    if client is None:
+        raise ValueError("Serve is not running on this Ray cluster: start the platform with `llmaas serve`")
+    return client
+
+
+def _details() -> dict[str, Any]:
+    details: dict[str, Any] = _client().get_serve_details()
+    return details
+
+
+def deployed_catalog(app_name: str) -> Catalog | None:
+    """The catalog that ``llmaas deploy`` last gave ``app_name`` (None: not deployed that way)."""
+    app = _details().get("applications", {}).get(app_name) or {}
+    overrides = (app.get("deployed_app_config") or {}).get("deployments") or []
+    router: dict[str, Any] = next((d for d in overrides if d.get("name") == "router"), {})
+    data = (router.get("user_config") or {}).get("catalog")
+    return Catalog.model_validate(data) if isinstance(data, dict) else None
+
+
+def apply_catalog(catalog: Catalog, route_prefix: str = "/") -> CatalogChange:
+    """Converge the running application named by ``catalog.app_name`` to it; return the change.
+
+    Needs a connected Ray with Serve started. Returns once the controller took the config; the
+    replicas roll after that (``llmaas.launch.wait_running`` follows them).
+    """
+    from ray.serve.schema import ServeDeploySchema
+
+    from llmaas.deployments.builder import build_from_catalog
+
+    build_from_catalog(catalog)  # NOTE: refuses here, with the platform's messages, what cannot deploy
+    details = _details()
+    previous = deployed_catalog(catalog.app_name)
+    others = [
+        app["deployed_app_config"]
+        for name, app in details.get("applications", {}).items()
+        if name != catalog.app_name
+        and not is_model_app(catalog.app_name, name)
+        and app.get("deployed_app_config")
+    ]
+    applications = [*others, *app_configs(catalog, route_prefix)]
+    config = ServeDeploySchema.model_validate({"applications": applications})
+    _client().deploy_apps(config)
+    return diff(previous, catalog)

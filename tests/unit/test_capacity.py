@@ -1,0 +1,340 @@
+"""Capacity: catalogs checked against the Ray launcher's cluster.yaml (no Ray cluster needed)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from llmaas.capacity import (
+    ClusterSpec,
+    capacity_summary,
+    check_capacity,
+    replica_demand,
+    with_capacity_defaults,
+)
+from llmaas.config.catalog import AutoscalingConfig, Catalog, ModelSpec
+
+REPO = Path(__file__).resolve().parents[2]
+CLUSTER_YAML = REPO / "cluster.yaml"
+
+
+def _cluster(types: dict[str, dict[str, Any]] | None = None, max_workers: int = 10) -> ClusterSpec:
+    """A launcher-format dict: a CPU head (CPU 8 unless given) plus ``types`` as worker node types."""
+    nodes = {"head": {"resources": {"CPU": 8, "GPU": 0}, "node_config": {"InstanceType": "m5.2xlarge"}}}
+    nodes.update(types or {})
+    return ClusterSpec.from_dict(
+        {
+            "cluster_name": "t",
+            "max_workers": max_workers,
+            "provider": {"type": "aws", "region": "us-west-2"},
+            "head_node_type": "head",
+            "available_node_types": nodes,
+        }
+    )
+
+
+def _gpu_type(gpus: int, cpus: int, max_workers: int, **custom: float) -> dict[str, Any]:
+    return {"resources": {"CPU": cpus, "GPU": gpus, **custom}, "max_workers": max_workers, "node_config": {}}
+
+
+def _model(model_id: str, *, tp: int = 1, gpus: float = 1, cpus: float = 4, **fields: Any) -> dict[str, Any]:
+    return {
+        "id": model_id,
+        "source": {"path": f"/models/{model_id}"},
+        "tensor_parallel_size": tp,
+        "resources": {"num_cpus": cpus, "num_gpus": gpus, **fields.pop("resources", {})},
+        **fields,
+    }
+
+
+def _catalog(*models: dict[str, Any], **fields: Any) -> Catalog:
+    return Catalog.model_validate({"models": list(models), **fields})
+
+
+def _autoscaling_left_to_cluster(min_replicas: int) -> AutoscalingConfig:
+    """``max_replicas: None`` (from the cluster's capacity), built without validation.
+
+    NOTE: the schema change that makes max_replicas ``int | None`` lands separately; model_construct
+    builds the value either way, so these tests run before and after it.
+    """
+    return AutoscalingConfig.model_construct(min_replicas=min_replicas, max_replicas=None)
+
+
+# --- the committed cluster.yaml -------------------------------------------------------------
+
+
+def test_committed_cluster_yaml_passes_rays_own_validation():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    raw = yaml.safe_load(CLUSTER_YAML.read_text())
+    validate_config(copy.deepcopy(raw))
+    # what `ray up` does: fill the provider's defaults, then validate again
+    validate_config(prepare_config(copy.deepcopy(raw)))
+
+
+def test_committed_cluster_yaml_reads_as_node_types_with_bounds():
+    cluster = ClusterSpec.from_file(CLUSTER_YAML)
+    assert cluster.head_node_type == "head"
+    assert cluster.head.resources == {"CPU": 4, "GPU": 0}
+    assert {n.name: (n.resources["GPU"], n.resources["CPU"], n.max_workers) for n in cluster.workers} == {
+        "gpu-1x": (1, 8, 8),
+        "gpu-4x": (4, 48, 4),
+        "gpu-8x": (8, 96, 2),
+    }
+    # the global max_workers (12) caps the 14 the types allow; the largest types count first
+    assert cluster.max_workers == 12
+    assert cluster.max_nodes() == {"head": 1, "gpu-1x": 6, "gpu-4x": 4, "gpu-8x": 2}
+    assert cluster.max_totals() == {"CPU": 4 + 6 * 8 + 4 * 48 + 2 * 96, "GPU": 6 + 16 + 16}
+
+
+def test_the_head_takes_no_gpu_model_but_the_components_and_the_default_catalog_fit():
+    from llmaas.catalogs import default_catalog
+
+    cluster = ClusterSpec.from_file(CLUSTER_YAML)
+    assert check_capacity(default_catalog(), cluster) == []
+    # a GPU model never lands on the head; one 1-GPU replica per gpu-1x node at most
+    gpu_only_on_1x = _catalog(_model("m", replicas={"num_replicas": 38}))
+    assert check_capacity(gpu_only_on_1x, cluster) == []
+    assert check_capacity(_catalog(_model("m", replicas={"num_replicas": 39})), cluster) != []
+
+
+# --- one replica that fits no node type -------------------------------------------------------
+
+
+def test_tp4_model_on_1_and_2_gpu_nodes_is_refused_naming_model_types_and_numbers():
+    cluster = _cluster({"gpu-1x": _gpu_type(1, 8, 4), "gpu-2x": _gpu_type(2, 16, 4)})
+    problems = check_capacity(_catalog(_model("llama-70b", tp=4)), cluster)
+    assert len(problems) == 1
+    message = problems[0]
+    assert message.startswith("model 'llama-70b': one replica needs 4 x {GPU: 1, CPU: 4} on one node")
+    assert "tensor_parallel_size=4" in message
+    assert "the largest node type offers GPU 2" in message
+    assert "gpu-1x: GPU 1, CPU 8" in message and "gpu-2x: GPU 2, CPU 16" in message
+    assert "head: GPU 0, CPU 8" in message
+    assert "add a node type with at least GPU 4, CPU 16" in message
+
+
+def test_tp4_model_fits_a_4_gpu_node_type():
+    cluster = _cluster({"gpu-2x": _gpu_type(2, 16, 4), "gpu-4x": _gpu_type(4, 48, 1)})
+    assert check_capacity(_catalog(_model("llama-70b", tp=4)), cluster) == []
+
+
+def test_tp_bundles_must_fit_one_node_in_cpus_too():
+    # GPUs are enough on gpu-4x, but 4 ranks x 16 CPUs do not fit its 48
+    cluster = _cluster({"gpu-4x": _gpu_type(4, 48, 2)})
+    problems = check_capacity(_catalog(_model("big", tp=4, cpus=16)), cluster)
+    assert len(problems) == 1 and "the largest node type offers CPU 48" in problems[0]
+
+
+def test_custom_resources_are_part_of_the_demand():
+    model = _model("a100-only", resources={"custom": {"accelerator_a100": 1}})
+    without = _cluster({"gpu-1x": _gpu_type(1, 8, 4)})
+    problems = check_capacity(_catalog(model), without)
+    assert len(problems) == 1 and "the largest node type offers accelerator_a100 0" in problems[0]
+    with_it = _cluster({"a100": _gpu_type(8, 96, 1, accelerator_a100=2)})
+    assert check_capacity(_catalog(model), with_it) == []
+    # two units on the one node: a third replica has nowhere to go
+    problems = check_capacity(_catalog({**model, "replicas": {"num_replicas": 3}}), with_it)
+    assert len(problems) == 1 and "model 'a100-only' 2 of 3" in problems[0]
+
+
+def test_replica_demand_is_what_the_builder_asks_serve_for():
+    from llmaas.deployments.builder import model_deployment_options
+
+    tp4 = ModelSpec.model_validate(_model("m", tp=4, cpus=2, resources={"custom": {"a100": 1}}))
+    assert replica_demand(tp4) == model_deployment_options(tp4)["placement_group_bundles"]
+    cpu = ModelSpec.model_validate(_model("c", gpus=0, cpus=1.5))
+    actor = model_deployment_options(cpu)["ray_actor_options"]
+    assert replica_demand(cpu) == [{"CPU": actor["num_cpus"]}] and actor["num_gpus"] == 0
+
+
+# --- all replicas together -------------------------------------------------------------------
+
+
+def test_sum_of_max_replicas_over_the_cluster_is_refused_with_numbers():
+    cluster = _cluster({"gpu-1x": _gpu_type(1, 8, 2)}, max_workers=10)
+    catalog = _catalog(
+        _model("a", replicas={"autoscaling": {"min_replicas": 1, "max_replicas": 2}}),
+        _model("b", replicas={"num_replicas": 1}),
+    )
+    problems = check_capacity(catalog, cluster)
+    assert len(problems) == 1
+    message = problems[0]
+    assert message.startswith("the catalog's maximum replicas")
+    assert "it asks for GPU 3, CPU 12.5 in all" in message  # 3 GPU replicas + router + tokenizer
+    assert "gpu-1x x 2 (GPU 1, CPU 8 each)" in message and "GPU 2, CPU 24 in all" in message
+    assert "model 'a' 1 of 2" in message and "model 'b' 1 of 1" in message
+    assert "Not placed: model 'a' 1" in message
+    assert "lower replicas.autoscaling.max_replicas (or num_replicas) of model 'a'" in message
+    # the same catalog with one replica less fits
+    fits = _catalog(
+        _model("a", replicas={"autoscaling": {"min_replicas": 1, "max_replicas": 1}}), _model("b")
+    )
+    assert check_capacity(fits, cluster) == []
+
+
+def test_a_small_replica_does_not_take_the_node_a_big_one_needs():
+    # a 1-GPU replica opening the only 8-GPU node would leave the TP=8 replica nowhere to go
+    cluster = _cluster({"gpu-1x": _gpu_type(1, 8, 2), "gpu-8x": _gpu_type(8, 96, 1)})
+    catalog = _catalog(
+        _model("small", replicas={"autoscaling": {"min_replicas": 1, "max_replicas": 2}}),
+        _model("big", tp=8, replicas={"autoscaling": {"min_replicas": 0, "max_replicas": 1}}),
+    )
+    assert check_capacity(catalog, cluster) == []
+    # the same when the big replica sorts after the small one (fewer GPUs, but more CPUs)
+    big = {"resources": {"CPU": 64, "GPU": 8}, "node_config": {}, "max_workers": 1}
+    cluster = _cluster({"small": _gpu_type(2, 8, 1), "big": big})
+    catalog = _catalog(_model("gpu-heavy", gpus=2, cpus=4), _model("cpu-heavy", gpus=1, cpus=62))
+    assert check_capacity(catalog, cluster) == []
+
+
+def test_global_max_workers_caps_the_node_types():
+    types = {"gpu-1x": _gpu_type(1, 8, 4), "gpu-2x": _gpu_type(2, 16, 4)}
+    catalog = _catalog(_model("m", replicas={"num_replicas": 4}))
+    assert check_capacity(catalog, _cluster(types, max_workers=2)) == []  # two gpu-2x
+    problems = check_capacity(catalog, _cluster(types, max_workers=1))
+    assert len(problems) == 1 and "model 'm' 2 of 4" in problems[0] and "max_workers=1" in problems[0]
+
+
+def test_min_replicas_that_cannot_fit_mean_the_app_never_becomes_healthy():
+    cluster = _cluster({"gpu-1x": _gpu_type(1, 8, 1)})
+    catalog = _catalog(_model("a", replicas={"autoscaling": {"min_replicas": 2, "max_replicas": 3}}))
+    problems = check_capacity(catalog, cluster)
+    assert len(problems) == 1
+    assert "minimum replicas" in problems[0] and "could never become healthy" in problems[0]
+    assert "lower min_replicas or num_replicas of model 'a'" in problems[0]
+
+
+def test_router_tokenizer_and_gateway_cpus_are_counted():
+    head_only = _cluster({"head": {"resources": {"CPU": 2, "GPU": 0}, "node_config": {}}}, max_workers=0)
+    model = _model("cpu-model", gpus=0, cpus=1)
+    # 1 + router 0.25 x 2 + tokenizer 0.25 x 2 = 2: exactly the head
+    assert (
+        check_capacity(_catalog(model, router={"num_replicas": 2}, tokenizer={"num_replicas": 2}), head_only)
+        == []
+    )
+    problems = check_capacity(
+        _catalog(model, router={"num_replicas": 3}, tokenizer={"num_replicas": 2}), head_only
+    )
+    # the model first (the biggest), then the router's replicas, then the tokenizer's
+    assert len(problems) == 1 and "router 3 of 3" in problems[0] and "tokenizer 1 of 2" in problems[0]
+    assert "Not placed: tokenizer 1" in problems[0]
+    with_gateway = _catalog(model, router={"num_replicas": 2}, tokenizer={"num_replicas": 2}, gateway={})
+    problems = check_capacity(with_gateway, head_only)
+    assert len(problems) == 1 and "gateway 0 of 1" in problems[0]
+
+
+def test_a_router_bigger_than_every_node_is_refused():
+    problems = check_capacity(_catalog(_model("m", gpus=0, cpus=1), router={"num_cpus": 16}), _cluster())
+    assert len(problems) == 1 and problems[0].startswith("router: one replica needs {CPU: 16}")
+    assert "lower router.num_cpus" in problems[0]
+
+
+def test_the_embedded_default_catalog_on_a_small_cpu_only_cluster():
+    from llmaas.catalogs import default_catalog
+
+    def cpu_cluster(head_cpus: int, workers: int) -> ClusterSpec:
+        return ClusterSpec.from_dict(
+            {
+                "cluster_name": "laptop",
+                "max_workers": workers,
+                "provider": {"type": "local", "head_ip": "127.0.0.1"},
+                "head_node_type": "head",
+                "available_node_types": {
+                    "head": {"resources": {"CPU": head_cpus, "GPU": 0}, "node_config": {}},
+                    "cpu": {"resources": {"CPU": 1, "GPU": 0}, "node_config": {}, "max_workers": workers},
+                },
+            }
+        )
+
+    # 1 (chat) + 0.5 (embedding) + 0.25 (router) + 0.25 (tokenizer)
+    assert check_capacity(default_catalog(), cpu_cluster(2, 0)) == []
+    assert check_capacity(default_catalog(), cpu_cluster(1, 1)) == []
+    problems = check_capacity(default_catalog(), cpu_cluster(1, 0))
+    assert len(problems) == 1 and "could never become healthy" in problems[0]
+    assert "model 'tiny-llama-chat' 1 of 1" in problems[0]
+    assert "model 'all-minilm-l6-v2' 0 of 1" in problems[0]
+
+
+# --- max_replicas left to the cluster --------------------------------------------------------
+
+
+def _left_to_cluster(model: dict[str, Any], min_replicas: int) -> ModelSpec:
+    spec = ModelSpec.model_validate({**model, "replicas": {}})
+    replicas = spec.replicas.model_copy(update={"autoscaling": _autoscaling_left_to_cluster(min_replicas)})
+    return spec.model_copy(update={"replicas": replicas})
+
+
+def test_max_replicas_left_to_the_cluster_is_what_fits_after_the_others_minimums():
+    cluster = _cluster({"gpu-1x": _gpu_type(1, 8, 5)})
+    fixed = ModelSpec.model_validate(_model("fixed", replicas={"num_replicas": 2}))
+    elastic = _left_to_cluster(_model("elastic"), min_replicas=1)
+    catalog = _catalog(_model("placeholder")).model_copy(update={"models": [fixed, elastic]})
+
+    # before the defaults: the model counts its minimum only
+    assert check_capacity(catalog, cluster) == []
+    filled = with_capacity_defaults(catalog, cluster)
+    elastic_bounds = filled.models[1].replicas.autoscaling
+    assert elastic_bounds is not None and elastic_bounds.max_replicas == 3  # 5 GPUs - 2 fixed
+    assert filled.models[0] == fixed  # explicit bounds are left alone
+    original = catalog.models[1].replicas.autoscaling
+    assert original is not None and original.max_replicas is None  # a copy, not an edit
+    assert check_capacity(filled, cluster) == []
+
+
+def test_max_replicas_left_to_the_cluster_is_at_least_min_and_one():
+    cluster = _cluster({"gpu-1x": _gpu_type(1, 8, 1)})
+    crowd = ModelSpec.model_validate(_model("crowd", replicas={"num_replicas": 1}))
+    catalog = _catalog(_model("placeholder")).model_copy(
+        update={"models": [crowd, _left_to_cluster(_model("late"), min_replicas=0)]}
+    )
+    late = with_capacity_defaults(catalog, cluster).models[1].replicas.autoscaling
+    assert late is not None and late.max_replicas == 1
+
+
+# --- the reading of cluster.yaml -------------------------------------------------------------
+
+
+def test_a_node_type_without_resources_is_a_clear_error():
+    with pytest.raises(ValidationError) as info:
+        _cluster({"gpu-1x": {"node_config": {"InstanceType": "g5.2xlarge"}, "max_workers": 2}})
+    text = str(info.value)
+    assert "node type 'gpu-1x' has no resources" in text
+    assert "autodetect them from g5.2xlarge" in text and "resources: {CPU: 8, GPU: 1}" in text
+
+
+def test_a_node_type_must_name_both_cpu_and_gpu():
+    with pytest.raises(ValidationError, match="node type 'gpu-1x': resources names no GPU"):
+        _cluster({"gpu-1x": {"resources": {"CPU": 8}, "node_config": {}, "max_workers": 2}})
+
+
+def test_missing_global_max_workers_and_bad_bounds_are_errors():
+    data = yaml.safe_load(CLUSTER_YAML.read_text())
+    no_cap = {k: v for k, v in data.items() if k != "max_workers"}
+    with pytest.raises(ValidationError, match="sets no top-level max_workers"):
+        ClusterSpec.from_dict(no_cap)
+    inverted = copy.deepcopy(data)
+    inverted["available_node_types"]["gpu-1x"]["min_workers"] = 9
+    with pytest.raises(ValidationError, match="min_workers \\(9\\) is above max_workers \\(8\\)"):
+        ClusterSpec.from_dict(inverted)
+    wrong_head = {**data, "head_node_type": "nope"}
+    with pytest.raises(ValidationError, match="head_node_type 'nope' is not one of"):
+        ClusterSpec.from_dict(wrong_head)
+
+
+def test_per_type_max_workers_default_like_the_launcher():
+    cluster = _cluster({"gpu": {"resources": {"CPU": 8, "GPU": 1}, "node_config": {}}}, max_workers=3)
+    assert {n.name: n.max_workers for n in cluster.node_types} == {"head": 0, "gpu": 3}
+
+
+def test_capacity_summary_lists_types_and_totals():
+    summary = capacity_summary(ClusterSpec.from_file(CLUSTER_YAML))
+    assert summary["cluster_name"] == "llmaas" and summary["max_workers"] == 12
+    assert [t["name"] for t in summary["node_types"]] == ["head", "gpu-1x", "gpu-4x", "gpu-8x"]
+    assert summary["node_types"][0]["head"] is True and summary["node_types"][3]["max_workers"] == 2
+    assert summary["max_totals"]["GPU"] == 38

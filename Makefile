@@ -6,7 +6,7 @@ TORCH  ?= torch==2.13.0
 ARGS   ?=
 BIN     = $(VENV)/bin
 
-.PHONY: install serve test lint typecheck unit integration notebook clean
+.PHONY: install serve test lint typecheck unit integration notebook multinode clean
 
 install: $(VENV)/.installed
 
@@ -37,6 +37,12 @@ integration: install
 # executed copy goes to build/notebooks/ (ignored). The demo model is cached in .models/, as for the tests.
 notebook: install
 	LLMAAS_CACHE_DIR=$(CURDIR)/.models $(BIN)/python notebooks/run.py notebooks/quickstart.ipynb --out build/notebooks
+
+# A fake multi-node Ray cluster shaped like cluster.yaml: load makes Serve add replicas and the
+# autoscaler add nodes, idle time removes both (llmaas.bench.multinode). NOTE: it ends with
+# `ray stop`, which stops every Ray on this machine: run it alone.
+multinode: install
+	$(BIN)/python -m llmaas.bench.multinode --cache $(CURDIR)/.models --out build/multinode $(ARGS)
 
 test: lint typecheck
 	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=10

@@ -55,6 +55,35 @@ def load_checked_catalog(path: str | None) -> Catalog | None:
     return catalog
 
 
+BOOTSTRAP_CLUSTER = "~/ray_bootstrap_config.yaml"  # where `ray up` leaves cluster.yaml on the head
+
+
+def fit_to_cluster(catalog: Catalog, cluster_file: str | None) -> Catalog | None:
+    """``catalog`` checked against a Ray cluster launcher file, with max replicas from its capacity.
+
+    Without ``cluster_file``, the head's ``~/ray_bootstrap_config.yaml`` where there is one, else
+    no check (a local Ray). Prints every problem and returns None when the catalog cannot fit.
+    """
+    from llmaas.capacity import ClusterSpec, check_capacity, with_capacity_defaults
+
+    path = Path(cluster_file or BOOTSTRAP_CLUSTER).expanduser()
+    if cluster_file is None and not path.exists():
+        return catalog
+    try:
+        cluster = ClusterSpec.from_file(path)
+    except (OSError, ValueError) as exc:
+        print(f"error: cannot read the cluster config {path}: {exc}", file=sys.stderr)
+        return None
+    problems = check_capacity(catalog, cluster)
+    if problems:
+        print(
+            f"error: the catalog does not fit the cluster in {path}:\n  - " + "\n  - ".join(problems),
+            file=sys.stderr,
+        )
+        return None
+    return with_capacity_defaults(catalog, cluster)
+
+
 def prepare(catalog: Catalog) -> dict[str, Path]:
     """Resolve every model's directory, building demo models with a progress bar."""
     from llmaas.models import is_prepared, resolve_model_path
@@ -126,9 +155,19 @@ def cmd_check(args: argparse.Namespace) -> int:
     catalog = load_checked_catalog(args.catalog)
     if catalog is None:
         return 2
+    catalog = fit_to_cluster(catalog, args.cluster)
+    if catalog is None:
+        return 2
     for spec in catalog.models:
+        auto = spec.replicas.autoscaling
+        replicas = (
+            f"replicas={auto.min_replicas}..{auto.max_or_default}"
+            if auto
+            else f"replicas={spec.replicas.num_replicas or 1}"
+        )
         print(
-            f"ok  {spec.id:<32} {spec.task.value:<9} tp={spec.tensor_parallel_size} {spec.source.describe()}"
+            f"ok  {spec.id:<32} {spec.task.value:<9} tp={spec.tensor_parallel_size} {replicas:<14} "
+            f"{spec.source.describe()}"
         )
     return 0
 
@@ -142,8 +181,17 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     from llmaas.launch import wait_catalog
 
     catalog = load_checked_catalog(args.catalog)
+    if catalog is not None:
+        catalog = fit_to_cluster(catalog, args.cluster)
     if catalog is None:
         return 2
+    if args.print_serve_config:
+        import yaml
+
+        from llmaas.deploy import app_configs
+
+        print(yaml.safe_dump({"applications": app_configs(catalog)}, sort_keys=False), end="")
+        return 0
     prepare(catalog)
     try:
         ray.init(address=args.address, log_to_driver=False, logging_level=logging.WARNING)
@@ -310,6 +358,10 @@ def parser() -> argparse.ArgumentParser:
     prep_p.set_defaults(func=cmd_prepare)
     check_p = sub.add_parser("check", help="validate a catalog without deploying it")
     check_p.add_argument("--catalog")
+    check_p.add_argument(
+        "--cluster",
+        help=f"a Ray cluster launcher file to check against (default: {BOOTSTRAP_CLUSTER})",
+    )
     check_p.set_defaults(func=cmd_check)
     deploy_p = sub.add_parser(
         "deploy",
@@ -317,7 +369,15 @@ def parser() -> argparse.ArgumentParser:
     )
     deploy_p.add_argument("catalog", help="catalog YAML (the whole desired state, like serve deploy)")
     deploy_p.add_argument("--address", default="auto", help="Ray cluster address (default: auto)")
+    deploy_p.add_argument(
+        "--cluster", help=f"the Ray cluster launcher file the catalog must fit (default: {BOOTSTRAP_CLUSTER})"
+    )
     deploy_p.add_argument("--dry-run", action="store_true", help="print what would change, deploy nothing")
+    deploy_p.add_argument(
+        "--print-serve-config",
+        action="store_true",
+        help="print the Serve config (applications:) of the catalog, e.g. for KubeRay's serveConfigV2",
+    )
     deploy_p.add_argument("--no-wait", action="store_true", help="return once the controller took it")
     deploy_p.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for the rollout")
     deploy_p.set_defaults(func=cmd_deploy)

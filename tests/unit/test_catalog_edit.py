@@ -1,0 +1,74 @@
+"""The admin API's catalog changes: one model added, replaced, patched or removed, always validated."""
+
+from __future__ import annotations
+
+import pytest
+
+from llmaas.catalog_edit import patch_model, put_model, remove_model
+from llmaas.config.catalog import Catalog, ModelSpec
+from llmaas.openai.errors import OpenAIError
+
+BASE = Catalog.model_validate(
+    {
+        "app_name": "ops",
+        "models": [
+            {"id": "a", "source": {"demo": "tiny-gpt2"}, "replicas": {"num_replicas": 2}},
+            {"id": "b", "source": {"demo": "tiny-llama-chat"}, "sampling": {"max_tokens": 9}},
+        ],
+    }
+)
+
+
+def spec(catalog: Catalog, model_id: str) -> ModelSpec:
+    found = catalog.get(model_id)
+    assert found is not None
+    return found
+
+
+def _error(exc: pytest.ExceptionInfo[OpenAIError]) -> tuple[int, str]:
+    return exc.value.status, exc.value.message
+
+
+def test_put_adds_a_model_or_replaces_one_and_keeps_the_rest() -> None:
+    added = put_model(BASE, "c", {"source": {"demo": "tiny-gpt2"}})
+    assert [m.id for m in added.models] == ["a", "b", "c"] and added.app_name == "ops"
+    replaced = put_model(BASE, "b", {"source": {"demo": "tiny-gpt2"}})
+    assert spec(replaced, "b").source.demo == "tiny-gpt2"
+    assert spec(replaced, "b").sampling.max_tokens == 256, "a put replaces the whole entry"
+    assert spec(replaced, "a") == spec(BASE, "a")
+
+
+def test_patch_merges_into_the_entry() -> None:
+    resized = patch_model(BASE, "a", {"replicas": {"num_replicas": 3}})
+    assert spec(resized, "a").replicas.num_replicas == 3 and spec(resized, "a").source.demo == "tiny-gpt2"
+    autoscaled = patch_model(
+        BASE, "a", {"replicas": {"num_replicas": None, "autoscaling": {"min_replicas": 0, "max_replicas": 2}}}
+    )
+    assert spec(autoscaled, "a").scales_to_zero and spec(autoscaled, "a").replicas.num_replicas is None
+    assert spec(patch_model(BASE, "b", {"sampling": {"temperature": 0.0}}), "b").sampling.max_tokens == 9
+
+
+def test_remove_drops_the_model() -> None:
+    assert [m.id for m in remove_model(BASE, "a").models] == ["b"]
+
+
+def test_invalid_changes_are_400_or_404_naming_the_problem() -> None:
+    with pytest.raises(OpenAIError) as exc:
+        patch_model(BASE, "a", {"replicas": {"autoscaling": {"max_replicas": 3}}})
+    status, message = _error(exc)
+    assert status == 400 and "num_replicas" in message and "autoscaling" in message
+    with pytest.raises(OpenAIError) as exc:
+        put_model(BASE, "c", {"source": {"demo": "tiny-gpt2"}, "tensor_parallel_size": 3})
+    assert _error(exc)[0] == 400 and "tensor_parallel_size" in _error(exc)[1]
+    with pytest.raises(OpenAIError) as exc:
+        put_model(BASE, "c", {"source": {"demo": "tiny-gpt2"}, "tensor_parallel_size": 2})
+    assert _error(exc)[0] == 400 and "AutoTP" in _error(exc)[1]
+    with pytest.raises(OpenAIError) as exc:
+        put_model(BASE, "c", {"id": "d", "source": {"demo": "tiny-gpt2"}})
+    assert _error(exc)[0] == 400
+    with pytest.raises(OpenAIError) as exc:
+        patch_model(BASE, "zz", {})
+    assert _error(exc) == (404, "the catalog holds no model 'zz' (it holds a, b)")
+    with pytest.raises(OpenAIError) as exc:
+        remove_model(remove_model(BASE, "a"), "b")
+    assert _error(exc)[0] == 400 and "last model" in _error(exc)[1]

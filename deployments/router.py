@@ -21,7 +21,9 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from llmaas.catalog_edit import patch_model, put_model, remove_model
 from llmaas.config.catalog import Catalog, deployment_name
+from llmaas.deploy import apply_catalog, deployed_catalog
 from llmaas.deployments.handles import HandleModel, HandleTokenizer
 from llmaas.gateway.client import GatewayClient
 from llmaas.gateway.keys import KeyRequest
@@ -172,6 +174,7 @@ class Router:
         self._tokenizer_handle = tokenizer
         self._gateway_handle = gateway
         self._model_apps: dict[str, str] = {}
+        self._catalog_lock = asyncio.Lock()
         self.catalog: Catalog | None = None
         if catalog is not None:
             await self._load(catalog, models)
@@ -410,6 +413,57 @@ class Router:
             gateway = await self._admin(request)
             rows = await gateway.handle.usage.remote(since)
             return JSONResponse({"object": "list", "data": [r.model_dump() for r in rows]})
+
+        return await self._respond(work)
+
+    # ---- admin: the catalog, one model at a time (what `llmaas deploy` does with a file) --------
+    @app.get("/admin/catalog")
+    async def get_catalog(self, request: Request) -> Response:
+        async def work() -> Response:
+            await self._admin(request)
+            return JSONResponse(self.service.catalog.model_dump(mode="json"))
+
+        return await self._respond(work)
+
+    @app.put("/admin/models/{model_id:path}")
+    async def admin_put_model(self, model_id: str, request: Request) -> Response:
+        return await self._change_catalog(request, lambda catalog, body: put_model(catalog, model_id, body))
+
+    @app.patch("/admin/models/{model_id:path}")
+    async def admin_patch_model(self, model_id: str, request: Request) -> Response:
+        return await self._change_catalog(request, lambda catalog, body: patch_model(catalog, model_id, body))
+
+    @app.delete("/admin/models/{model_id:path}")
+    async def admin_remove_model(self, model_id: str, request: Request) -> Response:
+        return await self._change_catalog(
+            request, lambda catalog, _: remove_model(catalog, model_id), body=False
+        )
+
+    async def _change_catalog(
+        self, request: Request, edit: Callable[[Catalog, dict[str, Any]], Catalog], body: bool = True
+    ) -> Response:
+        """Apply one model's change to the deployed catalog; 202 with what changes (the roll goes on)."""
+
+        async def work() -> Response:
+            await self._admin(request)
+            data = await _read_json(request) if body else {}
+            if not isinstance(data, dict):
+                raise bad_request(f"the body must be a JSON object, not {json_type(data)}")
+            app_name = serve.get_replica_context().app_name
+            # NOTE: one change at a time per router; the deployed catalog, not this replica's copy,
+            # is the base, so that a change another router made is kept
+            async with self._catalog_lock:
+                current = await asyncio.to_thread(deployed_catalog, app_name)
+                if current is None:
+                    raise OpenAIError(
+                        409,
+                        f"the application {app_name!r} was not deployed by `llmaas serve` or "
+                        "`llmaas deploy`, so its catalog cannot change live; deploy it with `llmaas deploy`",
+                        type="invalid_request_error",
+                        code="not_declarative",
+                    )
+                change = await asyncio.to_thread(apply_catalog, edit(current, data))
+            return JSONResponse(status_code=202, content=change.model_dump())
 
         return await self._respond(work)
 

@@ -137,8 +137,10 @@ def deployed_catalog(app_name: str) -> Catalog | None:
     return Catalog.model_validate(data) if isinstance(data, dict) else None
 
 
-def apply_catalog(catalog: Catalog, route_prefix: str = "/") -> CatalogChange:
+def apply_catalog(catalog: Catalog, route_prefix: str | None = None) -> CatalogChange:
     """Converge the running application named by ``catalog.app_name`` to it; return the change.
+
+    ``route_prefix`` defaults to the application's current one, "/" for a new application.
 
     Needs a connected Ray with Serve started. Returns once the controller took the config; the
     replicas roll after that (``llmaas.launch.wait_running`` follows them).
@@ -157,6 +159,9 @@ def apply_catalog(catalog: Catalog, route_prefix: str = "/") -> CatalogChange:
         and not is_model_app(catalog.app_name, name)
         and app.get("deployed_app_config")
     ]
+    if route_prefix is None:
+        current = details.get("applications", {}).get(catalog.app_name) or {}
+        route_prefix = current.get("route_prefix") or "/"
     applications = [*others, *app_configs(catalog, route_prefix)]
     config = ServeDeploySchema.model_validate({"applications": applications})
     _client().deploy_apps(config)

@@ -134,11 +134,21 @@ def start_platform(
 
 def wait_catalog(catalog: Catalog, timeout_s: float) -> None:
     """Wait until the catalog's applications (front and models) run every replica they start with."""
-    from llmaas.deploy import model_app_name
+    from ray import serve
+
+    from llmaas.deploy import is_model_app, model_app_name
 
     labels = {deployment_name(spec.id): spec.id for spec in catalog.models}
     apps = [catalog.app_name, *(model_app_name(catalog.app_name, spec.id) for spec in catalog.models)]
+    deadline = time.monotonic() + timeout_s
     wait_running(apps, timeout_s=timeout_s, targets=target_replicas(catalog), labels=labels)
+    # NOTE: and the applications of removed models are gone (their replicas drained)
+    while time.monotonic() < deadline:
+        left = [a for a in serve.status().applications if is_model_app(catalog.app_name, a) and a not in apps]
+        if not left:
+            return
+        time.sleep(1)
+    raise SystemExit(f"llmaas: removed models' applications still running after {timeout_s:.0f}s")
 
 
 def stop_platform() -> None:

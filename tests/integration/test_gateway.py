@@ -154,6 +154,12 @@ def test_admin_routes_make_list_and_revoke_keys(gw_url: str, gateway_db: str) ->
     assert after.status_code == 401 and _error(after)["code"] == "key_revoked"
     again = httpx.delete(f"{gw_url}/admin/keys/{made['id']}", headers=as_admin, timeout=30)
     assert again.status_code == 404
+    # this app was deployed with serve.run, not llmaas deploy: its catalog cannot change live
+    fixed = httpx.patch(
+        f"{gw_url}/admin/models/gw-gpt2", json={"replicas": {"num_replicas": 2}}, headers=as_admin, timeout=60
+    )
+    assert fixed.status_code == 409 and _error(fixed)["code"] == "not_declarative", fixed.text
+    assert "llmaas deploy" in _error(fixed)["message"]
 
 
 def test_requests_per_minute_hold_across_router_replicas(gw_url: str, gateway_db: str) -> None:

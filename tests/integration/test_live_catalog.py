@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -24,11 +25,13 @@ from llmaas.config.catalog import Catalog
 
 APP = "live"
 PREFIX = "/live"
+DB_PATH = Path(tempfile.mkdtemp(prefix="llmaas-live-")) / "gateway.db"
 LIVE_CATALOG = """
 app_name: live
 cache_dir: {cache}
 router: {{num_cpus: 0.05}}
 tokenizer: {{num_cpus: 0.05}}
+gateway: {{database: "sqlite:///{db}", key_refresh_s: 0.5, num_cpus: 0.05}}
 models:
   - id: roll
     source: {{demo: tiny-gpt2}}
@@ -53,6 +56,7 @@ def live_catalog(
 ) -> str:
     return LIVE_CATALOG.format(
         cache=cache,
+        db=DB_PATH,
         roll_max_tokens=roll_max_tokens,
         steady_replicas=steady_replicas,
         extra=EXTRA if extra else "",
@@ -77,6 +81,7 @@ class Load:
 
     url: str
     models: list[str]
+    headers: dict[str, str]
     results: list[tuple[str, float, str]] = field(default_factory=list)  # (model, time, "ok" or error)
     tokens: list[tuple[str, float, int]] = field(default_factory=list)  # (model, time, completion tokens)
     stop: threading.Event = field(default_factory=threading.Event)
@@ -97,7 +102,7 @@ class Load:
         self.tokens.append((model, time.monotonic(), response.json()["usage"]["completion_tokens"]))
 
     def _client(self, model: str, stream: bool) -> None:
-        with httpx.Client(base_url=self.url, timeout=120) as client:
+        with httpx.Client(base_url=self.url, timeout=120, headers=self.headers) as client:
             while not self.stop.is_set():
                 try:
                     self._one(client, model, stream)
@@ -130,7 +135,25 @@ class Load:
 
 
 @pytest.fixture(scope="module")
-def live_url(base_url: str, model_cache: Path, gpt2_model_path: Path) -> Iterator[str]:
+def keys() -> dict[str, dict[str, str]]:
+    """Headers of a user key and an admin key, made the way `llmaas keys create` makes them."""
+    from llmaas.gateway.keys import KeyRequest, make_key
+    from llmaas.gateway.store import open_store
+
+    store = open_store(f"sqlite:///{DB_PATH}")
+    out = {}
+    for name, admin in (("user", False), ("admin", True)):
+        made = make_key(KeyRequest(name=name, admin=admin))
+        store.create_key(made.key)
+        out[name] = {"Authorization": f"Bearer {made.secret}"}
+    store.close()
+    return out
+
+
+@pytest.fixture(scope="module")
+def live_url(
+    base_url: str, model_cache: Path, gpt2_model_path: Path, keys: dict[str, dict[str, str]]
+) -> Iterator[str]:
     from ray import serve
 
     from llmaas.deploy import apply_catalog, is_model_app
@@ -147,14 +170,16 @@ def live_url(base_url: str, model_cache: Path, gpt2_model_path: Path) -> Iterato
             serve.delete(name, _blocking=False)
 
 
-def test_rolling_update_under_load_fails_no_request(live_url: str, model_cache: Path) -> None:
+def test_rolling_update_under_load_fails_no_request(
+    live_url: str, model_cache: Path, keys: dict[str, dict[str, str]]
+) -> None:
     from llmaas.deploy import apply_catalog
     from llmaas.launch import wait_catalog
 
     before = replica_ids()
     assert len(before["model-roll"]) == 2 and len(before["model-steady"]) == 1
     updated = Catalog.from_yaml(live_catalog(model_cache, roll_max_tokens=5))
-    with Load(live_url, ["roll", "steady"]) as load:
+    with Load(live_url, ["roll", "steady"], keys["user"]) as load:
         time.sleep(2)
         started = time.monotonic()
         change = apply_catalog(updated, route_prefix=PREFIX)
@@ -179,14 +204,24 @@ def test_rolling_update_under_load_fails_no_request(live_url: str, model_cache: 
 
 
 def test_add_resize_and_remove_models_live(
-    live_url: str, model_cache: Path, ray_cluster: dict[str, str], tmp_path: Path
+    live_url: str,
+    model_cache: Path,
+    ray_cluster: dict[str, str],
+    tmp_path: Path,
+    keys: dict[str, dict[str, str]],
 ) -> None:
+    user = keys["user"]
     from llmaas.deploy import apply_catalog
     from llmaas.launch import wait_catalog
 
     before = replica_ids()
     grown = Catalog.from_yaml(live_catalog(model_cache, roll_max_tokens=5, steady_replicas=2, extra=True))
-    assert httpx.post(f"{live_url}/v1/completions", json={"model": "extra", "prompt": "x"}).status_code == 404
+    assert (
+        httpx.post(
+            f"{live_url}/v1/completions", json={"model": "extra", "prompt": "x"}, headers=user
+        ).status_code
+        == 404
+    )
     # the operator's way: `llmaas deploy FILE` against the running cluster
     path = tmp_path / "live-grown.yaml"
     path.write_text(grown.model_dump_json())
@@ -208,11 +243,13 @@ def test_add_resize_and_remove_models_live(
     assert dry.returncode == 0, dry.stderr
     assert "added extra" in dry.stdout and "resized steady" in dry.stdout
     # NOTE: the test app lives at /live, which the CLI (route "/") would move; deploy it the same way here
-    with Load(live_url, ["roll", "steady"]) as load:
+    with Load(live_url, ["roll", "steady"], user) as load:
         change = apply_catalog(grown, route_prefix=PREFIX)
         time.sleep(1)
         wait_catalog(grown, 300)
-        extra = httpx.post(f"{live_url}/v1/completions", json={"model": "extra", "prompt": "x"}, timeout=120)
+        extra = httpx.post(
+            f"{live_url}/v1/completions", json={"model": "extra", "prompt": "x"}, headers=user, timeout=120
+        )
         assert extra.status_code == 200, extra.text
         assert extra.json()["usage"]["completion_tokens"] <= 4
         shrunk = Catalog.from_yaml(live_catalog(model_cache, roll_max_tokens=5, steady_replicas=2))
@@ -226,8 +263,68 @@ def test_add_resize_and_remove_models_live(
     assert before["model-steady"] < after["model-steady"] and len(after["model-steady"]) == 2
     assert after["model-roll"] == before["model-roll"] and after["router"] == before["router"]
     assert "model-extra" not in after
-    gone = httpx.post(f"{live_url}/v1/completions", json={"model": "extra", "prompt": "x"}, timeout=60)
+    gone = httpx.post(
+        f"{live_url}/v1/completions", json={"model": "extra", "prompt": "x"}, headers=user, timeout=60
+    )
     assert gone.status_code == 404 and gone.json()["error"]["code"] == "model_not_found"
-    listed = httpx.get(f"{live_url}/v1/models", timeout=60).json()
+    listed = httpx.get(f"{live_url}/v1/models", headers=user, timeout=60).json()
     assert sorted(m["id"] for m in listed["data"]) == ["roll", "steady"]
     assert json.loads(path.read_text())["app_name"] == APP
+
+
+def test_the_admin_api_changes_one_model_at_a_time(
+    live_url: str, model_cache: Path, keys: dict[str, dict[str, str]]
+) -> None:
+    from llmaas.deploy import deployed_catalog
+    from llmaas.launch import wait_catalog
+
+    admin, user = keys["admin"], keys["user"]
+
+    def call(method: str, path: str, body: object = None, headers: dict[str, str] = admin) -> httpx.Response:
+        return httpx.request(method, f"{live_url}{path}", json=body, headers=headers, timeout=120)
+
+    def settled() -> None:
+        catalog = deployed_catalog(APP)
+        assert catalog is not None
+        time.sleep(1)
+        wait_catalog(catalog, 300)
+
+    assert call("GET", "/admin/catalog", headers=user).status_code == 403
+    served = call("GET", "/admin/catalog").json()
+    assert [m["id"] for m in served["models"]] == ["roll", "steady"]
+    before = replica_ids()
+
+    resized = call("PATCH", "/admin/models/steady", {"replicas": {"num_replicas": 1}})
+    assert resized.status_code == 202, resized.text
+    assert resized.json()["resized"] == ["steady"] and not resized.json()["updated"]
+    added = call(
+        "PUT", "/admin/models/admin-extra", {"source": {"demo": "tiny-gpt2"}, "sampling": {"max_tokens": 3}}
+    )
+    assert added.status_code == 202 and added.json()["added"] == ["admin-extra"], added.text
+    settled()
+    answer = call("POST", "/v1/completions", {"model": "admin-extra", "prompt": "x"}, headers=user)
+    assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] == 3, answer.text
+    after = replica_ids()
+    assert len(after["model-steady"]) == 1 and after["model-steady"] < before["model-steady"]
+    assert after["model-roll"] == before["model-roll"] and after["router"] == before["router"]
+
+    bad = call("PATCH", "/admin/models/roll", {"tensor_parallel_size": 3})
+    assert bad.status_code == 400 and "tensor_parallel_size" in bad.json()["error"]["message"]
+    missing = call("DELETE", "/admin/models/nope")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
+    assert call("GET", "/admin/catalog").json() == deployed_catalog(APP).model_dump(mode="json")  # type: ignore[union-attr]
+
+    removed = call("DELETE", "/admin/models/admin-extra")
+    assert removed.status_code == 202 and removed.json()["removed"] == ["admin-extra"]
+    settled()
+    gone = call("POST", "/v1/completions", {"model": "admin-extra", "prompt": "x"}, headers=user)
+    assert gone.status_code == 404
+    # `llmaas status` sees the models in their own applications, with their load
+    from llmaas.status import collect
+
+    status = collect(APP)
+    assert status is not None and status.status == "RUNNING", status
+    rows = {row.name: row for row in status.deployments}
+    assert set(rows) == {"router", "tokenizer", "gateway", "model-roll", "model-steady"}
+    assert rows["model-roll"].app == "live-model-roll" and rows["model-roll"].running_replicas == 2
+    assert rows["model-roll"].health is not None and rows["model-roll"].health.healthy

@@ -103,7 +103,7 @@ def fake_cluster_config(
 
     def resources(node: Any) -> dict[str, float]:
         # NOTE: logical CPUs only gate scheduling here; capped so that no raylet prestarts many workers
-        out: dict[str, float] = {"CPU": min(node.resources.get("CPU", 1), 4)}
+        out: dict[str, float] = {"CPU": int(min(node.resources.get("CPU", 1), 4)), "GPU": 0}
         if node.resources.get("GPU"):
             out[GPU_STANDIN] = node.resources["GPU"]
         return out
@@ -379,6 +379,9 @@ def write_plot(report: Report, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # NOTE: a local, single-user cluster: Ray's token auth (on by default in 2.60) is turned off for
+    # the head, the fake nodes (they inherit the head's environment) and this driver alike
+    os.environ["RAY_AUTH_MODE"] = "disabled"
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cluster", default="cluster.yaml", help="the Ray cluster launcher config to mirror")
     parser.add_argument("--out", default="multinode-results", help="where multinode.json and .png go")

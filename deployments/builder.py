@@ -28,13 +28,17 @@ from llmaas.config.catalog import (
     Catalog,
     ComponentConfig,
     ModelSpec,
+    PoolConfig,
     Task,
     TokenizerConfig,
+    WorkerResources,
     deployment_name,
+    pool_deployment_name,
 )
 from llmaas.config.gateway import GatewayConfig
 from llmaas.deployments.gateway import GatewayReplica
 from llmaas.deployments.model_replica import ModelReplica
+from llmaas.deployments.pool import pool_class
 from llmaas.deployments.router import Router
 from llmaas.deployments.tokenizer import Tokenizer
 from llmaas.engine import Engine
@@ -65,10 +69,35 @@ class ModelArgs(BaseConfig):
     cache_dir: str
 
 
+class PoolArgs(BaseConfig):
+    """Arguments of ``build_pool``: the pool and its models (their replica counts unused)."""
+
+    name: str
+    pool: PoolConfig
+    models: list[ModelSpec]
+    cache_dir: str
+
+
 def catalog_user_config(catalog: Catalog, model_apps: dict[str, str] | None = None) -> dict[str, Any]:
     """The router's and the tokenizer's ``user_config``: the catalog, and which Serve application
     runs each model (left out: the router's own)."""
     return {"catalog": catalog.model_dump(mode="json"), "model_apps": model_apps or {}}
+
+
+def _actor_options(res: WorkerResources) -> dict[str, Any]:
+    actor_options: dict[str, Any] = {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus}
+    if res.custom:
+        actor_options["resources"] = dict(res.custom)
+    if res.memory_bytes:
+        actor_options["memory"] = res.memory_bytes
+    return actor_options
+
+
+_REPLICA_CHECKS = {
+    "health_check_period_s": 10,
+    "health_check_timeout_s": 30,
+    "graceful_shutdown_timeout_s": 30,
+}
 
 
 def model_deployment_options(spec: ModelSpec) -> dict[str, Any]:
@@ -77,24 +106,51 @@ def model_deployment_options(spec: ModelSpec) -> dict[str, Any]:
     per_worker: dict[str, float] = {"CPU": res.num_cpus, **res.custom}
     if res.num_gpus:
         per_worker["GPU"] = res.num_gpus
-    actor_options: dict[str, Any] = {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus}
-    if res.custom:
-        actor_options["resources"] = dict(res.custom)
-    if res.memory_bytes:
-        actor_options["memory"] = res.memory_bytes
     options: dict[str, Any] = {
         "name": deployment_name(spec.id),
         "max_queued_requests": spec.batching.max_queued_requests,
-        "ray_actor_options": actor_options,
-        "health_check_period_s": 10,
-        "health_check_timeout_s": 30,
-        "graceful_shutdown_timeout_s": 30,
+        "ray_actor_options": _actor_options(res),
+        **_REPLICA_CHECKS,
     }
     if spec.tensor_parallel_size > 1:
         # NOTE: the replica takes bundle 0, TP peers bundles 1..N-1, all on one node.
         options["placement_group_bundles"] = [dict(per_worker) for _ in range(spec.tensor_parallel_size)]
         options["placement_group_strategy"] = "STRICT_PACK"
     options.update(scaling_options(spec))
+    return options
+
+
+def pool_deployment_options(name: str, catalog: Catalog) -> dict[str, Any]:
+    """Serve options for a multiplexed pool: its own resources and replicas, its models' queue."""
+    members = catalog.pool_members(name)
+    return {
+        "name": pool_deployment_name(name),
+        "max_queued_requests": max((m.batching.max_queued_requests for m in members), default=256),
+        "ray_actor_options": _actor_options(catalog.pools[name].resources),
+        **_REPLICA_CHECKS,
+        **pool_scaling_options(name, catalog),
+    }
+
+
+def pool_scaling_options(name: str, catalog: Catalog) -> dict[str, Any]:
+    """A pool's replica counts; NOTE: Serve's request-count policy (a pool's replicas run many engines)."""
+    replicas = catalog.pools[name].replicas
+    batch = max((m.batching.max_batch_size for m in catalog.pool_members(name)), default=16)
+    options: dict[str, Any] = {"max_ongoing_requests": replicas.max_ongoing_requests or 2 * batch}
+    autoscaling = replicas.autoscaling
+    if autoscaling is None:
+        options["num_replicas"] = replicas.num_replicas or 1
+        return options
+    options["autoscaling_config"] = {
+        "min_replicas": autoscaling.min_replicas,
+        "max_replicas": autoscaling.max_or_default,
+        "initial_replicas": autoscaling.initial_replicas,
+        "target_ongoing_requests": autoscaling.target_ongoing_requests or max(1.0, 0.75 * batch),
+        "upscale_delay_s": autoscaling.upscale_delay_s,
+        "downscale_delay_s": autoscaling.downscale_delay_s,
+        "metrics_interval_s": autoscaling.metrics_interval_s,
+        "look_back_period_s": autoscaling.look_back_period_s,
+    }
     return options
 
 
@@ -142,6 +198,12 @@ def _bind_model(spec: ModelSpec, cache_dir: str, engine_cls: type[Engine] | None
     return _deployment(ModelReplica, options).bind(spec, cache_dir, engine_cls=engine_cls)
 
 
+def _bind_pool(name: str, catalog: Catalog) -> Application:
+    members = {spec.id: spec for spec in catalog.pool_members(name)}
+    cls = pool_class(catalog.pools[name].max_models_per_replica)
+    return _deployment(cls, pool_deployment_options(name, catalog)).bind(members, str(catalog.cache_path))
+
+
 def _bind_front(
     front: FrontArgs,
     models: dict[str, Application],
@@ -183,7 +245,11 @@ def build_from_catalog(catalog: Catalog, *, engine_cls: type[Engine] | None = No
     """One application for ``catalog``. ``engine_cls`` replaces every model's engine (tests)."""
     _refuse(check_catalog(catalog))
     cache_dir = str(catalog.cache_path)
-    models = {spec.id: _bind_model(spec, cache_dir, engine_cls) for spec in catalog.models}
+    pools = {name: _bind_pool(name, catalog) for name in catalog.pools}
+    models = {
+        spec.id: pools[spec.pool] if spec.pool else _bind_model(spec, cache_dir, engine_cls)
+        for spec in catalog.models
+    }
     return _bind_front(front_args(catalog), models, catalog_user_config(catalog), catalog)
 
 
@@ -198,6 +264,14 @@ def build_app(args: dict[str, Any]) -> Application:
 def build_front(args: dict[str, Any]) -> Application:
     """The router application of ``llmaas deploy``; its catalog arrives as ``user_config``."""
     return _bind_front(FrontArgs.model_validate(args), {}, None)
+
+
+def build_pool(args: dict[str, Any]) -> Application:
+    """One multiplexed pool's application of ``llmaas deploy``."""
+    parsed = PoolArgs.model_validate(args)
+    catalog = Catalog(models=parsed.models, pools={parsed.name: parsed.pool}, cache_dir=parsed.cache_dir)
+    _refuse(check_catalog(catalog))
+    return _bind_pool(parsed.name, catalog)
 
 
 def build_model(args: dict[str, Any]) -> Application:

@@ -22,7 +22,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmaas.catalog_edit import patch_model, put_model, remove_model
-from llmaas.config.catalog import Catalog, deployment_name
+from llmaas.config.catalog import Catalog
 from llmaas.deploy import apply_catalog, deployed_catalog
 from llmaas.deployments.handles import HandleModel, HandleTokenizer
 from llmaas.gateway.client import GatewayClient
@@ -195,7 +195,7 @@ class Router:
         # this config); its handle waits for replicas like a handle to a model scaled to zero.
         models = {
             m.id: serve.get_deployment_handle(
-                deployment_name(m.id), model_apps.get(m.id, own), _check_exists=False
+                catalog.deployment_of(m), model_apps.get(m.id, own), _check_exists=False
             )
             for m in catalog.models
         }
@@ -218,7 +218,12 @@ class Router:
             catalog,
             tokenizer,
             {
-                spec.id: HandleModel(models[spec.id], spec.id, spec.replicas.queue_timeout_s)
+                spec.id: HandleModel(
+                    # NOTE: a pooled model's calls name it, so that Serve routes to a replica holding it
+                    models[spec.id].options(multiplexed_model_id=spec.id) if spec.pool else models[spec.id],
+                    spec.id,
+                    spec.replicas.queue_timeout_s,
+                )
                 for spec in catalog.models
             },
             metrics=FanOut(default_request_recorder(), gateway) if gateway else None,

@@ -23,7 +23,7 @@ from typing import Any
 from pydantic import ConfigDict, Field, model_validator
 
 from llmaas.config.base import BaseConfig
-from llmaas.config.catalog import Catalog, ModelSpec
+from llmaas.config.catalog import Catalog, ModelSpec, ReplicaConfig
 
 Resources = dict[str, float]
 
@@ -332,9 +332,13 @@ class _Demand:
 
 def _replica_bounds(spec: ModelSpec) -> tuple[int, int | None]:
     """(min, max) replicas; a fixed num_replicas is both; max None: left to the cluster."""
-    autoscaling = spec.replicas.autoscaling
+    return _bounds(spec.replicas)
+
+
+def _bounds(replicas: ReplicaConfig) -> tuple[int, int | None]:
+    autoscaling = replicas.autoscaling
     if autoscaling is None:
-        fixed = spec.replicas.num_replicas or 1
+        fixed = replicas.num_replicas or 1
         return fixed, fixed
     return autoscaling.min_replicas, getattr(autoscaling, "max_replicas", None)
 
@@ -342,7 +346,24 @@ def _replica_bounds(spec: ModelSpec) -> tuple[int, int | None]:
 def _demands(catalog: Catalog) -> list[_Demand]:
     """Models in catalog order, then the router, tokenizer and gateway (those that take CPUs)."""
     demands: list[_Demand] = []
+    for name, pool in catalog.pools.items():
+        members = ", ".join(repr(m.id) for m in catalog.pool_members(name))
+        low, high = _bounds(pool.replicas)
+        per_replica: Resources = {"CPU": pool.resources.num_cpus, **pool.resources.custom}
+        if pool.resources.num_gpus:
+            per_replica["GPU"] = pool.resources.num_gpus
+        demands.append(
+            _Demand(
+                label=f"pool {name!r} (models {members})",
+                bundles=(per_replica,),
+                min_replicas=low,
+                max_replicas=high,
+                fix=f"lower pools.{name}.resources",
+            )
+        )
     for spec in catalog.models:
+        if spec.pool is not None:
+            continue  # NOTE: its pool's replicas serve it
         low, high = _replica_bounds(spec)
         demands.append(
             _Demand(

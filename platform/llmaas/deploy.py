@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import Field
 
 from llmaas.config.base import BaseConfig
-from llmaas.config.catalog import Catalog, ModelSpec, deployment_name
+from llmaas.config.catalog import Catalog, ModelSpec, deployment_name, pool_deployment_name
 
 
 class CatalogChange(BaseConfig):
@@ -68,6 +68,7 @@ def diff(old: Catalog | None, new: Catalog) -> CatalogChange:
 
 FRONT_IMPORT_PATH = "llmaas.deployments.builder:build_front"
 MODEL_IMPORT_PATH = "llmaas.deployments.builder:build_model"
+POOL_IMPORT_PATH = "llmaas.deployments.builder:build_pool"
 
 
 def model_app_name(app_name: str, model_id: str) -> str:
@@ -75,17 +76,37 @@ def model_app_name(app_name: str, model_id: str) -> str:
     return f"{app_name}-{deployment_name(model_id)}"
 
 
+def pool_app_name(app_name: str, pool: str) -> str:
+    """The Serve application that runs one multiplexed pool of the platform ``app_name``."""
+    return f"{app_name}-{pool_deployment_name(pool)}"
+
+
 def is_model_app(app_name: str, name: str) -> bool:
-    """Whether the Serve application ``name`` runs a model of the platform ``app_name``."""
-    return name.startswith(f"{app_name}-model-")
+    """Whether the Serve application ``name`` runs a model (or a pool) of the platform ``app_name``."""
+    return name.startswith((f"{app_name}-model-", f"{app_name}-pool-"))
+
+
+def model_apps(catalog: Catalog) -> dict[str, str]:
+    """Model id -> the Serve application that serves it (its own, or its pool's)."""
+    return {
+        spec.id: pool_app_name(catalog.app_name, spec.pool)
+        if spec.pool
+        else model_app_name(catalog.app_name, spec.id)
+        for spec in catalog.models
+    }
 
 
 def app_configs(catalog: Catalog, route_prefix: str = "/") -> list[dict[str, Any]]:
     """The catalog as Serve config entries (``applications:`` of ``serve deploy``): front, then models."""
-    from llmaas.deployments.builder import catalog_user_config, front_args, scaling_options
+    from llmaas.deployments.builder import (
+        catalog_user_config,
+        front_args,
+        pool_scaling_options,
+        scaling_options,
+    )
 
-    model_apps = {spec.id: model_app_name(catalog.app_name, spec.id) for spec in catalog.models}
-    user_config = catalog_user_config(catalog, model_apps)
+    apps = model_apps(catalog)
+    user_config = catalog_user_config(catalog, apps)
     front = {
         "name": catalog.app_name,
         "route_prefix": route_prefix,
@@ -98,7 +119,7 @@ def app_configs(catalog: Catalog, route_prefix: str = "/") -> list[dict[str, Any
     }
     models = [
         {
-            "name": model_apps[spec.id],
+            "name": apps[spec.id],
             "route_prefix": None,  # NOTE: reached through the router only
             "import_path": MODEL_IMPORT_PATH,
             # NOTE: replica counts are left out of args (a change there rebuilds and restarts the
@@ -110,8 +131,26 @@ def app_configs(catalog: Catalog, route_prefix: str = "/") -> list[dict[str, Any
             "deployments": [{"name": deployment_name(spec.id), **scaling_options(spec)}],
         }
         for spec in catalog.models
+        if spec.pool is None
     ]
-    return [front, *models]
+    pools = [
+        {
+            "name": pool_app_name(catalog.app_name, name),
+            "route_prefix": None,
+            "import_path": POOL_IMPORT_PATH,
+            "args": {
+                "name": name,
+                "pool": pool.model_dump(mode="json", exclude={"replicas"}),
+                "models": [
+                    m.model_dump(mode="json", exclude={"replicas"}) for m in catalog.pool_members(name)
+                ],
+                "cache_dir": str(catalog.cache_path),
+            },
+            "deployments": [{"name": pool_deployment_name(name), **pool_scaling_options(name, catalog)}],
+        }
+        for name, pool in catalog.pools.items()
+    ]
+    return [front, *models, *pools]
 
 
 def _client() -> Any:

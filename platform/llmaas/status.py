@@ -48,7 +48,7 @@ def _name(value: Any) -> str:
 
 
 def _kind(deployment: str) -> str:
-    return "model" if deployment.startswith("model-") else deployment
+    return "model" if deployment.startswith(("model-", "pool-")) else deployment
 
 
 def rows_from_serve(app: str, overview: Any, model_apps: Mapping[str, Any] | None = None) -> AppStatus:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from llmaas.catalog_edit import patch_model, put_model, remove_model
-from llmaas.config.catalog import Catalog, ModelSpec
+from llmaas.config.catalog import Catalog, ModelSpec, PoolConfig
 from llmaas.openai.errors import OpenAIError
 
 BASE = Catalog.model_validate(
@@ -72,3 +72,21 @@ def test_invalid_changes_are_400_or_404_naming_the_problem() -> None:
     with pytest.raises(OpenAIError) as exc:
         remove_model(remove_model(BASE, "a"), "b")
     assert _error(exc)[0] == 400 and "last model" in _error(exc)[1]
+
+
+def test_pools_are_validated() -> None:
+    with pytest.raises(ValueError, match="pool 'nope' is not in the catalog's pools"):
+        Catalog.model_validate({"models": [{"id": "a", "source": {"demo": "tiny-gpt2"}, "pool": "nope"}]})
+    with pytest.raises(ValueError, match="a pooled model runs unsharded"):
+        Catalog.model_validate(
+            {
+                "pools": {"p": {}},
+                "models": [
+                    {"id": "a", "source": {"demo": "tiny-llama-chat"}, "pool": "p", "tensor_parallel_size": 2}
+                ],
+            }
+        )
+    joined = patch_model(BASE.model_copy(update={"pools": {"p": PoolConfig()}}), "b", {"pool": "p"})
+    assert [m.id for m in joined.pool_members("p")] == ["b"] and joined.deployment_of(
+        spec(joined, "b")
+    ) == "pool-p"

@@ -77,3 +77,25 @@ def test_a_resize_changes_no_app_args_and_an_update_changes_only_that_model() ->
     assert [a["import_path"] for a in old] == [a["import_path"] for a in resized]
     changed = [a["name"] for a, b in zip(old, updated, strict=True) if a["args"] != b["args"]]
     assert changed == ["llm-model-a"]
+
+
+def test_a_multiplexed_pool_is_one_app_for_its_models() -> None:
+    catalog = _catalog(
+        A,
+        {"id": "s1", "source": {"demo": "tiny-gpt2"}, "pool": "small"},
+        {"id": "s2", "source": {"demo": "tiny-gpt2"}, "pool": "small"},
+        pools={"small": {"max_models_per_replica": 1, "replicas": {"num_replicas": 2}}},
+    )
+    apps = app_configs(catalog)
+    ServeDeploySchema.model_validate({"applications": apps})
+    assert [a["name"] for a in apps] == ["llm", "llm-model-a", "llm-pool-small"]
+    pool = apps[2]
+    assert [m["id"] for m in pool["args"]["models"]] == ["s1", "s2"] and pool["args"]["name"] == "small"
+    assert pool["deployments"] == [{"name": "pool-small", "max_ongoing_requests": 32, "num_replicas": 2}]
+    router = {d["name"]: d for d in apps[0]["deployments"]}["router"]
+    assert router["user_config"]["model_apps"] == {
+        "a": "llm-model-a",
+        "s1": "llm-pool-small",
+        "s2": "llm-pool-small",
+    }
+    assert is_model_app("llm", "llm-pool-small")

@@ -245,6 +245,13 @@ class ModelSpec(BaseConfig):
         default=False, description="DeepSpeed kernel injection (GPU and supported architectures only)."
     )
     description: str = Field(default="", description="Shown in /v1/models.")
+    pool: str | None = Field(
+        default=None,
+        description=(
+            "Serve this model in a multiplexed pool of the catalog's `pools` (many small models on"
+            " few replicas, loaded on demand, least recently used evicted); the pool sizes it."
+        ),
+    )
 
     @field_validator("id")
     @classmethod
@@ -293,6 +300,11 @@ class ModelSpec(BaseConfig):
         if self.resources.num_gpus > 0 and self.tensor_parallel_size > 1 and self.resources.num_gpus < 1:
             raise ValueError(
                 f"model {self.id!r}: a tensor-parallel rank needs a whole GPU; set resources.num_gpus: 1"
+            )
+        if self.pool is not None and self.tensor_parallel_size > 1:
+            raise ValueError(
+                f"model {self.id!r}: a pooled model runs unsharded; set tensor_parallel_size: 1 "
+                "or take it out of the pool"
             )
         if self.sampling.max_tokens >= (self.max_context_length or 1 << 30):
             raise ValueError(
@@ -347,6 +359,14 @@ class TokenizerConfig(ComponentConfig):
     )
 
 
+class PoolConfig(BaseConfig):
+    """A multiplexed pool: one deployment whose replicas each hold a few of its models (LRU)."""
+
+    max_models_per_replica: int = Field(default=2, ge=1, description="Models loaded at once per replica.")
+    replicas: ReplicaConfig = Field(default_factory=ReplicaConfig)
+    resources: WorkerResources = Field(default_factory=WorkerResources)
+
+
 class Catalog(BaseConfig):
     """The whole catalog file."""
 
@@ -363,6 +383,9 @@ class Catalog(BaseConfig):
     gateway: GatewayConfig | None = Field(
         default=None,
         description="API keys, per-key limits and the usage ledger; left out: no keys, no ledger.",
+    )
+    pools: dict[str, PoolConfig] = Field(
+        default_factory=dict, description="Multiplexed pools, by name; a model joins one with `pool:`."
     )
 
     @field_validator("app_name")
@@ -390,6 +413,27 @@ class Catalog(BaseConfig):
             slugs[slug] = spec.id
         return self
 
+    @model_validator(mode="after")
+    def _pools(self) -> Catalog:
+        for name in self.pools:
+            if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name):
+                raise ValueError(f"pool name {name!r}: use 1-64 letters, digits, '_' or '-'")
+        for spec in self.models:
+            if spec.pool is not None and spec.pool not in self.pools:
+                known = ", ".join(self.pools) or "none"
+                raise ValueError(
+                    f"model {spec.id!r}: pool {spec.pool!r} is not in the catalog's pools ({known}); "
+                    "add it under pools:"
+                )
+        return self
+
+    def pool_members(self, name: str) -> list[ModelSpec]:
+        return [spec for spec in self.models if spec.pool == name]
+
+    def deployment_of(self, spec: ModelSpec) -> str:
+        """The Serve deployment that serves ``spec``: its own, or its pool's."""
+        return pool_deployment_name(spec.pool) if spec.pool else deployment_name(spec.id)
+
     def get(self, model_id: str) -> ModelSpec | None:
         return next((m for m in self.models if m.id == model_id), None)
 
@@ -401,3 +445,8 @@ class Catalog(BaseConfig):
 def deployment_name(model_id: str) -> str:
     """The Serve deployment name of a model: ``model-`` + the id with separators flattened."""
     return "model-" + re.sub(r"[^A-Za-z0-9_-]", "_", model_id)
+
+
+def pool_deployment_name(pool: str) -> str:
+    """The Serve deployment name of a multiplexed pool."""
+    return f"pool-{pool}"

@@ -26,7 +26,7 @@ class CatalogChange(BaseConfig):
     removed: list[str] = Field(default_factory=list)
     updated: list[str] = Field(default_factory=list, description="New weights or parameters: replicas roll.")
     resized: list[str] = Field(default_factory=list, description="New replica counts: no restart.")
-    other: bool = Field(default=False, description="Router, tokenizer, gateway or app settings changed.")
+    other: bool = Field(default=False, description="Router, tokenizer, gateway or pool settings changed.")
 
     @property
     def empty(self) -> bool:
@@ -38,7 +38,7 @@ class CatalogChange(BaseConfig):
         verbs = ("added", "removed", "updated", "resized")
         out = [f"{verb} {model}" for verb in verbs for model in getattr(self, verb)]
         if self.other:
-            out.append("changed router/tokenizer/gateway settings")
+            out.append("changed router, tokenizer, gateway or pool settings")
         return out
 
 

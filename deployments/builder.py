@@ -29,6 +29,7 @@ from llmaas.config.catalog import (
     ComponentConfig,
     ModelSpec,
     PoolConfig,
+    ReplicaConfig,
     Task,
     TokenizerConfig,
     WorkerResources,
@@ -132,11 +133,11 @@ def pool_deployment_options(name: str, catalog: Catalog) -> dict[str, Any]:
     }
 
 
-def pool_scaling_options(name: str, catalog: Catalog) -> dict[str, Any]:
-    """A pool's replica counts; NOTE: Serve's request-count policy (a pool's replicas run many engines)."""
-    replicas = catalog.pools[name].replicas
-    batch = max((m.batching.max_batch_size for m in catalog.pool_members(name)), default=16)
-    options: dict[str, Any] = {"max_ongoing_requests": replicas.max_ongoing_requests or 2 * batch}
+def _scaling(
+    replicas: ReplicaConfig, max_ongoing: int, target: float, policy: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """The options of a deployment that Serve changes without restarting its replicas."""
+    options: dict[str, Any] = {"max_ongoing_requests": max_ongoing}
     autoscaling = replicas.autoscaling
     if autoscaling is None:
         options["num_replicas"] = replicas.num_replicas or 1
@@ -145,36 +146,30 @@ def pool_scaling_options(name: str, catalog: Catalog) -> dict[str, Any]:
         "min_replicas": autoscaling.min_replicas,
         "max_replicas": autoscaling.max_or_default,
         "initial_replicas": autoscaling.initial_replicas,
-        "target_ongoing_requests": autoscaling.target_ongoing_requests or max(1.0, 0.75 * batch),
+        "target_ongoing_requests": target,
         "upscale_delay_s": autoscaling.upscale_delay_s,
         "downscale_delay_s": autoscaling.downscale_delay_s,
         "metrics_interval_s": autoscaling.metrics_interval_s,
         "look_back_period_s": autoscaling.look_back_period_s,
     }
+    if policy is not None:
+        options["autoscaling_config"]["policy"] = policy
     return options
+
+
+def pool_scaling_options(name: str, catalog: Catalog) -> dict[str, Any]:
+    """A pool's scaling options, on Serve's request counts (a pool's replicas run many engines)."""
+    replicas = catalog.pools[name].replicas
+    batch = max((m.batching.max_batch_size for m in catalog.pool_members(name)), default=16)
+    target = (replicas.autoscaling and replicas.autoscaling.target_ongoing_requests) or max(1.0, 0.75 * batch)
+    return _scaling(replicas, replicas.max_ongoing_requests or 2 * batch, target)
 
 
 def scaling_options(spec: ModelSpec) -> dict[str, Any]:
-    """The options of a model's deployment that Serve changes without restarting its replicas."""
-    options: dict[str, Any] = {"max_ongoing_requests": spec.max_ongoing_requests}
-    autoscaling = spec.replicas.autoscaling
-    if autoscaling is not None:
-        options["autoscaling_config"] = {
-            "min_replicas": autoscaling.min_replicas,
-            "max_replicas": autoscaling.max_or_default,
-            "initial_replicas": autoscaling.initial_replicas,
-            "target_ongoing_requests": spec.target_sequences,
-            "upscale_delay_s": autoscaling.upscale_delay_s,
-            "downscale_delay_s": autoscaling.downscale_delay_s,
-            "metrics_interval_s": autoscaling.metrics_interval_s,
-            "look_back_period_s": autoscaling.look_back_period_s,
-        }
-        if spec.task is Task.GENERATE:
-            # NOTE: the scheduler's sequences, not handle calls, drive it: see llmaas.autoscaling
-            options["autoscaling_config"]["policy"] = policy_config()
-    else:
-        options["num_replicas"] = spec.replicas.num_replicas or 1
-    return options
+    """A model's scaling options; a generating model scales on its scheduler's sequences."""
+    # NOTE: the scheduler's sequences, not handle calls, drive it: see llmaas.autoscaling
+    policy = policy_config() if spec.task is Task.GENERATE else None
+    return _scaling(spec.replicas, spec.max_ongoing_requests, spec.target_sequences, policy)
 
 
 def _component_options(

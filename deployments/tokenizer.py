@@ -1,4 +1,8 @@
-"""Tokenizer deployment: encoding and chat templates for every catalog model."""
+"""Tokenizer deployment: encoding and chat templates for every catalog model.
+
+A conversation a model cannot render raises ``llmaas.errors.TokenizationError``; it pickles, so the
+router's handle (``llmaas.deployments.handles.HandleTokenizer``) re-raises it as itself.
+"""
 
 from __future__ import annotations
 

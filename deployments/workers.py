@@ -15,6 +15,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from llmaas.config.catalog import ModelSpec
 from llmaas.engine.errors import EngineError
 from llmaas.engine.runner import ShardRunner, StepInput
+from llmaas.plan import worker_actor_options
 
 logger = logging.getLogger("ray.serve")
 
@@ -54,15 +55,14 @@ class RayPeerGroup:
                 f"model {spec.id!r} has tensor_parallel_size={spec.tensor_parallel_size} but its replica "
                 "has no placement group; deploy it through llmaas.deployments.build_app"
             )
-        resources = spec.resources
+        # NOTE: each rank takes what the deployment plan gives rank 0 (and its bundle holds).
+        options = worker_actor_options(spec.resources)
         # NOTE: the "watch" group gives ``sentinel`` a thread of its own; steps keep the default one.
         actor: Any = ray.remote(concurrency_groups={"watch": 1})(TPWorker)  # type: ignore[call-overload]
         self.workers: list[Any] = [
             actor.options(
                 name=None,
-                num_cpus=resources.num_cpus,
-                num_gpus=resources.num_gpus,
-                resources=dict(resources.custom) or None,
+                **options,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     placement_group=placement_group, placement_group_bundle_index=rank
                 ),

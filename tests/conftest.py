@@ -50,3 +50,24 @@ def postgres_url() -> Iterator[str]:
         pytest.skip(reason)
     with postgres_server() as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def smollm2_model_path(model_cache: Path) -> Path:
+    """SmolLM2-135M-Instruct (the default chat model), prepared once into .models/ (20-50 s at first)."""
+    from tests.models_fixtures import smollm2_dir
+
+    return smollm2_dir(model_cache)
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf_file(model_cache: Path) -> Path:
+    """A tiny seeded Llama GGUF file (a ``source: {gguf: ...}`` fixture), written once per cache."""
+    from tests.models_fixtures import write_tiny_gguf
+
+    path = model_cache / "tiny-llama-q8.gguf"
+    if not path.exists():
+        partial = path.with_suffix(".partial")
+        write_tiny_gguf(partial)
+        partial.rename(path)
+    return path

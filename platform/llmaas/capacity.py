@@ -8,10 +8,11 @@ This module reads the launcher file and says so before anything is deployed, nam
 the node types and the numbers, and it derives autoscaling bounds left to the cluster
 (``max_replicas: null``) from the same arithmetic.
 
-A replica's demand is what the app builder asks Serve for (``llmaas.deployments.builder``): one
-bundle per tensor-parallel rank, ``CPU`` + ``GPU`` (when above 0) + custom resources, all bundles
-on one node (STRICT_PACK). Only the launcher's ``resources`` are read: a node type that leaves
-them to autodetection cannot be checked, and is refused with the line to write.
+A replica's demand is what the deployment plan (``llmaas.plan``) asks Serve for: one bundle per
+tensor-parallel rank, ``CPU`` + ``GPU`` (when above 0) + custom resources + ``memory`` (where
+``memory_bytes`` is set), all bundles on one node (STRICT_PACK). Only the launcher's
+``resources`` are read: a node type that leaves them to autodetection cannot be checked, and
+is refused with the line to write.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from pydantic import ConfigDict, Field, model_validator
 
 from llmaas.config.base import BaseConfig
 from llmaas.config.catalog import Catalog, ModelSpec, ReplicaConfig
+from llmaas.naming import deployment_name, pool_deployment_name
+from llmaas.plan import DeploymentPlan, model_deployment, plan_catalog
 
 Resources = dict[str, float]
 
@@ -201,15 +204,8 @@ def _translate_launcher(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def replica_demand(spec: ModelSpec) -> list[Resources]:
-    """The bundles one replica of ``spec`` needs: one per tensor-parallel rank, all on one node.
-
-    The same per-worker resources the builder asks Serve for (CPU, GPU when above 0, custom).
-    """
-    res = spec.resources
-    per_worker: Resources = {"CPU": res.num_cpus, **res.custom}
-    if res.num_gpus:
-        per_worker["GPU"] = res.num_gpus
-    return [dict(per_worker) for _ in range(spec.tensor_parallel_size)]
+    """The bundles one replica of ``spec`` needs: one per tensor-parallel rank, all on one node."""
+    return [dict(b) for b in model_deployment(spec, app="").bundles]
 
 
 def check_capacity(catalog: Catalog, cluster: ClusterSpec) -> list[str]:
@@ -256,34 +252,38 @@ def check_capacity(catalog: Catalog, cluster: ClusterSpec) -> list[str]:
 def with_capacity_defaults(catalog: Catalog, cluster: ClusterSpec) -> Catalog:
     """A copy of ``catalog`` where every ``autoscaling.max_replicas: null`` is what the cluster can hold.
 
-    That is the number of the model's replicas placed on the cluster at its largest after the
-    router, tokenizer, gateway and every other model's minimum replicas (at least its own
-    ``min_replicas``, ``initial_replicas`` and 1, so that Serve accepts the bounds). Each model
-    gets the whole slack, so two such models compete for it at run time: the bound says how far
-    one may grow, not a reservation.
+    That is the number of the deployment's replicas (a model's, or a pool's) placed on the
+    cluster at its largest after the router, tokenizer, gateway and every other deployment's
+    minimum replicas (at least its own ``min_replicas``, ``initial_replicas`` and 1, so that Serve
+    accepts the bounds). Each gets the whole slack, so two such deployments compete for it at run
+    time: the bound says how far one may grow, not a reservation.
     """
-    everything = _demands(catalog)
-    demands = [d for d in everything if d.spec is not None]
-    components = [d for d in everything if d.spec is None]
-    models = list(catalog.models)
-    for index, spec in enumerate(catalog.models):
-        autoscaling = spec.replicas.autoscaling
-        if autoscaling is None or getattr(autoscaling, "max_replicas", None) is not None:
+    demands = _demands(catalog)
+    bounds: dict[str, int] = {}
+    for this in demands:
+        if this.plan.autoscaling_config is None or this.max_replicas is not None:
             continue
-        this = demands[index]
-        base = [(d, d.min_replicas) for d in components] + [
-            (d, d.min_replicas) for d in demands if d is not this
-        ]
+        base = [(d, d.min_replicas) for d in demands if d is not this]
         fitted = max(_room_for(cluster, base, this, prefer_large) for prefer_large in (False, True))
-        bound = max(fitted, autoscaling.min_replicas, autoscaling.initial_replicas or 0, 1)
-        models[index] = spec.model_copy(
-            update={
-                "replicas": spec.replicas.model_copy(
-                    update={"autoscaling": autoscaling.model_copy(update={"max_replicas": bound})}
-                )
-            }
-        )
-    return catalog.model_copy(update={"models": models})
+        bounds[this.plan.name] = max(fitted, this.min_replicas, this.plan.replicas.initial, 1)
+
+    def bounded(replicas: ReplicaConfig, name: str) -> ReplicaConfig:
+        if name not in bounds or replicas.autoscaling is None:
+            return replicas
+        autoscaling = replicas.autoscaling.model_copy(update={"max_replicas": bounds[name]})
+        return replicas.model_copy(update={"autoscaling": autoscaling})
+
+    models = [
+        spec
+        if spec.pool is not None
+        else spec.model_copy(update={"replicas": bounded(spec.replicas, deployment_name(spec.id))})
+        for spec in catalog.models
+    ]
+    pools = {
+        name: pool.model_copy(update={"replicas": bounded(pool.replicas, pool_deployment_name(name))})
+        for name, pool in catalog.pools.items()
+    }
+    return catalog.model_copy(update={"models": models, "pools": pools})
 
 
 def capacity_summary(cluster: ClusterSpec) -> dict[str, Any]:
@@ -312,14 +312,29 @@ def capacity_summary(cluster: ClusterSpec) -> dict[str, Any]:
 
 @dataclass(frozen=True, eq=False)
 class _Demand:
-    """One deployment's replica: who it is, its bundles, and how many replicas it may run."""
+    """One deployment's replica (from the deployment plan): its bundles and replica bounds."""
 
-    label: str
-    bundles: tuple[Resources, ...]
-    min_replicas: int
-    max_replicas: int | None
-    fix: str
-    spec: ModelSpec | None = None
+    plan: DeploymentPlan
+
+    @property
+    def label(self) -> str:
+        return self.plan.label
+
+    @property
+    def fix(self) -> str:
+        return self.plan.fix
+
+    @property
+    def bundles(self) -> tuple[Resources, ...]:
+        return self.plan.bundles
+
+    @property
+    def min_replicas(self) -> int:
+        return self.plan.replicas.min
+
+    @property
+    def max_replicas(self) -> int | None:
+        return self.plan.replicas.max
 
     @property
     def total(self) -> Resources:
@@ -327,72 +342,20 @@ class _Demand:
 
     @property
     def max_or_min(self) -> int:
-        return self.min_replicas if self.max_replicas is None else self.max_replicas
+        return self.plan.replicas.max_or_min
 
 
-def _replica_bounds(spec: ModelSpec) -> tuple[int, int | None]:
-    """(min, max) replicas; a fixed num_replicas is both; max None: left to the cluster."""
-    return _bounds(spec.replicas)
-
-
-def _bounds(replicas: ReplicaConfig) -> tuple[int, int | None]:
-    autoscaling = replicas.autoscaling
-    if autoscaling is None:
-        fixed = replicas.num_replicas or 1
-        return fixed, fixed
-    return autoscaling.min_replicas, getattr(autoscaling, "max_replicas", None)
+_ORDER = {"pool": 0, "model": 1}
 
 
 def _demands(catalog: Catalog) -> list[_Demand]:
-    """Models in catalog order, then the router, tokenizer and gateway (those that take CPUs)."""
-    demands: list[_Demand] = []
-    for name, pool in catalog.pools.items():
-        members = ", ".join(repr(m.id) for m in catalog.pool_members(name))
-        low, high = _bounds(pool.replicas)
-        per_replica: Resources = {"CPU": pool.resources.num_cpus, **pool.resources.custom}
-        if pool.resources.num_gpus:
-            per_replica["GPU"] = pool.resources.num_gpus
-        demands.append(
-            _Demand(
-                label=f"pool {name!r} (models {members})",
-                bundles=(per_replica,),
-                min_replicas=low,
-                max_replicas=high,
-                fix=f"lower pools.{name}.resources",
-            )
-        )
-    for spec in catalog.models:
-        if spec.pool is not None:
-            continue  # NOTE: its pool's replicas serve it
-        low, high = _replica_bounds(spec)
-        demands.append(
-            _Demand(
-                label=f"model {spec.id!r}",
-                bundles=tuple(replica_demand(spec)),
-                min_replicas=low,
-                max_replicas=high,
-                fix=f"lower tensor_parallel_size or resources of model {spec.id!r}",
-                spec=spec,
-            )
-        )
-    components: list[tuple[str, int, float]] = [
-        ("router", catalog.router.num_replicas, catalog.router.num_cpus),
-        ("tokenizer", catalog.tokenizer.num_replicas, catalog.tokenizer.num_cpus),
-    ]
-    if catalog.gateway is not None:
-        components.append(("gateway", 1, catalog.gateway.num_cpus))
-    for name, replicas, cpus in components:
-        if cpus > 0:
-            demands.append(
-                _Demand(
-                    label=name,
-                    bundles=({"CPU": cpus},),
-                    min_replicas=replicas,
-                    max_replicas=replicas,
-                    fix=f"lower {name}.num_cpus in the catalog",
-                )
-            )
-    return demands
+    """The plan's deployments that take resources: pools, models (catalog order), then the rest.
+
+    NOTE: the same plan the builder binds (``llmaas.plan``), so what is checked is what Serve asks for.
+    """
+    deployments = plan_catalog(catalog).deployments
+    ordered = sorted(deployments, key=lambda d: _ORDER.get(d.kind, 2))
+    return [_Demand(d) for d in ordered if any(value > 0 for value in d.total.values())]
 
 
 # --- packing ---------------------------------------------------------------------------------
@@ -530,8 +493,16 @@ def _no_node_message(demand: _Demand, cluster: ClusterSpec) -> str:
         for key, value in total.items()
         if value > max(node.resources.get(key, 0.0) for node in cluster.node_types)
     }
+    undeclared = [key for key in short if not any(key in node.resources for node in cluster.node_types)]
+    if "memory" in undeclared:
+        # NOTE: Ray autodetects a node's memory, but what is not written cannot be checked
+        return (
+            f"{demand.label}: one replica needs memory {_num(total['memory'], 'memory')} "
+            "(resources.memory_bytes), but no node type in cluster.yaml declares its memory. Fix: add "
+            "memory: BYTES to the resources of the node types that may run it, or drop memory_bytes"
+        )
     if short:
-        offers = ", ".join(f"{key} {_num(value)}" for key, value in _ordered(short))
+        offers = ", ".join(f"{key} {_num(value, key)}" for key, value in _ordered(short))
         why = f"the largest node type offers {offers}"
     else:
         why = "no single node type offers all of it at once"
@@ -625,14 +596,19 @@ def _ordered(resources: Resources) -> list[tuple[str, float]]:
     return sorted(resources.items(), key=lambda item: (rank.get(item[0], 2), item[0]))
 
 
-def _num(value: float) -> str:
-    return f"{value:g}"
+def _num(value: float, key: str = "") -> str:
+    """A resource amount as people write it: ``4``, ``0.5``, memory as ``20GiB``."""
+    if key == "memory":
+        for unit, size in (("GiB", 2**30), ("MiB", 2**20)):
+            if value >= size and (value / size).is_integer():
+                return f"{int(value // size)}{unit}"
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 def _fmt(resources: Resources, *, braces: bool = True) -> str:
     """``{GPU: 1, CPU: 4}`` (braces) or ``GPU 1, CPU 4`` (prose)."""
     separator = ": " if braces else " "
-    text = ", ".join(f"{key}{separator}{_num(value)}" for key, value in _ordered(resources))
+    text = ", ".join(f"{key}{separator}{_num(value, key)}" for key, value in _ordered(resources))
     return f"{{{text}}}" if braces else text
 
 

@@ -1,19 +1,20 @@
 """One model's change to a catalog, as the admin API takes it: add or replace, patch, remove.
 
 Each returns a whole new, validated catalog (the platform then converges to it, as
-``llmaas deploy`` does); a change that leaves an invalid catalog raises ``OpenAIError`` 400
-naming the field, or 404 for a model the catalog does not hold.
+``llmaas deploy`` does); a change that leaves an invalid catalog raises ``CatalogEditError``
+naming the field, ``CatalogModelNotFound`` for a model the catalog does not hold. ``CatalogEdit``
+is one such change as a value, which crosses a Serve handle to the catalog-admin deployment.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llmaas.config.base import describe_errors
 from llmaas.config.catalog import Catalog, ModelSpec
-from llmaas.openai.errors import OpenAIError, bad_request
+from llmaas.errors import CatalogEditError, CatalogModelNotFound
 from llmaas.preflight import check_catalog
 
 
@@ -21,23 +22,18 @@ def _validated(data: dict[str, Any]) -> Catalog:
     try:
         catalog = Catalog.model_validate(data)
     except ValidationError as exc:
-        raise bad_request(
+        raise CatalogEditError(
             "the change leaves an invalid catalog: " + "; ".join(describe_errors(exc, Catalog))
         ) from exc
     problems = check_catalog(catalog)
     if problems:
-        raise bad_request("the change leaves a catalog that cannot be deployed: " + "; ".join(problems))
+        raise CatalogEditError("the change leaves a catalog that cannot be deployed: " + "; ".join(problems))
     return catalog
 
 
-def _missing(catalog: Catalog, model_id: str) -> OpenAIError:
+def _missing(catalog: Catalog, model_id: str) -> CatalogModelNotFound:
     served = ", ".join(m.id for m in catalog.models)
-    return OpenAIError(
-        404,
-        f"the catalog holds no model {model_id!r} (it holds {served})",
-        type="not_found_error",
-        code="model_not_found",
-    )
+    return CatalogModelNotFound(f"the catalog holds no model {model_id!r} (it holds {served})")
 
 
 def _merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
@@ -56,7 +52,9 @@ def _merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
 def put_model(catalog: Catalog, model_id: str, body: dict[str, Any]) -> Catalog:
     """The catalog with ``model_id`` added, or replaced by ``body`` (a whole catalog entry)."""
     if body.get("id", model_id) != model_id:
-        raise bad_request(f"the body's id {body['id']!r} differs from the path's {model_id!r}", param="id")
+        raise CatalogEditError(
+            f"the body's id {body['id']!r} differs from the path's {model_id!r}", param="id"
+        )
     entry = {**body, "id": model_id}
     models = [m.model_dump(mode="json") for m in catalog.models]
     index = next((i for i, m in enumerate(models) if m["id"] == model_id), None)
@@ -73,7 +71,7 @@ def patch_model(catalog: Catalog, model_id: str, patch: dict[str, Any]) -> Catal
     if spec is None:
         raise _missing(catalog, model_id)
     if patch.get("id", model_id) != model_id:
-        raise bad_request("a model's id cannot change: remove it and add the new one", param="id")
+        raise CatalogEditError("a model's id cannot change: remove it and add the new one", param="id")
     return put_model(catalog, model_id, _merge(spec.model_dump(mode="json", exclude_unset=True), patch))
 
 
@@ -82,5 +80,26 @@ def remove_model(catalog: Catalog, model_id: str) -> Catalog:
         raise _missing(catalog, model_id)
     models = [m.model_dump(mode="json") for m in catalog.models if m.id != model_id]
     if not models:
-        raise bad_request(f"{model_id!r} is the catalog's last model; a catalog serves at least one")
+        raise CatalogEditError(f"{model_id!r} is the catalog's last model; a catalog serves at least one")
     return _validated({**catalog.model_dump(mode="json"), "models": models})
+
+
+class CatalogEdit(BaseModel):
+    """One model's change, as the admin API takes it: ``put`` (add or replace the entry ``body``),
+    ``patch`` (merge ``body`` into the entry) or ``delete``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    op: Literal["put", "patch", "delete"] = Field(description="What happens to the model's entry.")
+    model_id: str = Field(description="The model the change is about.")
+    body: dict[str, Any] = Field(
+        default_factory=dict, description="The entry (put) or the merge patch (patch); unused by delete."
+    )
+
+    def apply(self, catalog: Catalog) -> Catalog:
+        """``catalog`` with this change made: a new, validated catalog (raises ``CatalogEditError``)."""
+        if self.op == "put":
+            return put_model(catalog, self.model_id, self.body)
+        if self.op == "patch":
+            return patch_model(catalog, self.model_id, self.body)
+        return remove_model(catalog, self.model_id)

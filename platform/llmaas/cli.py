@@ -8,7 +8,7 @@ Examples:
   llmaas deploy models.yaml                 # converge a running platform to the file (rolls what changed)
   llmaas status                             # replicas and load of every model of a running platform
   llmaas bench --catalog bench --model bench-llama --baselines all   # the committed benchmark
-  llmaas bench --url http://127.0.0.1:8000 --model tiny-llama-chat    # load-test a running platform
+  llmaas bench --url http://127.0.0.1:8000 --model smollm2-135m-instruct    # load-test a running platform
   llmaas keys create --catalog models.yaml --name alice --rpm 60    # an API key (catalog with a gateway)
   llmaas usage --catalog models.yaml --since 24h                    # requests and tokens per key and model
 """
@@ -21,84 +21,34 @@ import sys
 import time
 from pathlib import Path
 
-from pydantic import ValidationError
-
+from llmaas.api import BOOTSTRAP_CLUSTER, CatalogError, fit_to_cluster, load_catalog, prepare
 from llmaas.config.catalog import Catalog
-from llmaas.progress import ProgressBar
 
 
-def load_checked_catalog(path: str | None) -> Catalog | None:
-    """The catalog at ``path`` (or the embedded one), validated and preflight-checked.
+def _report(error: CatalogError) -> None:
+    print(f"error: {error}", file=sys.stderr)
 
-    Prints every problem (naming the field and the fix) and returns None when it is unusable.
-    """
-    from llmaas.catalogs import default_catalog, embedded_catalog_path
-    from llmaas.config.base import describe_errors
-    from llmaas.preflight import check_catalog
 
-    if path and not Path(path).exists() and (embedded := embedded_catalog_path(path)):
-        path = str(embedded)
+def _load(path: str | None) -> Catalog | None:
+    """``load_catalog``; prints why not and returns None when the catalog is unusable."""
     try:
-        catalog = Catalog.from_file(path) if path else default_catalog()
-    except ValidationError as exc:
-        print(f"error: catalog {path or '(embedded default)'} is invalid:", file=sys.stderr)
-        for line in describe_errors(exc, Catalog):
-            print(f"  - {line}", file=sys.stderr)
+        return load_catalog(path)
+    except CatalogError as exc:
+        _report(exc)
         return None
-    except (OSError, ValueError) as exc:
-        print(f"error: cannot read catalog {path}: {exc}", file=sys.stderr)
-        return None
-    problems = check_catalog(catalog)
-    if problems:
-        print("error: the catalog cannot be deployed:\n  - " + "\n  - ".join(problems), file=sys.stderr)
-        return None
-    return catalog
 
 
-BOOTSTRAP_CLUSTER = "~/ray_bootstrap_config.yaml"  # where `ray up` leaves cluster.yaml on the head
-
-
-def fit_to_cluster(catalog: Catalog, cluster_file: str | None) -> Catalog | None:
-    """``catalog`` checked against a Ray cluster launcher file, with max replicas from its capacity.
-
-    Without ``cluster_file``, the head's ``~/ray_bootstrap_config.yaml`` where there is one, else
-    no check (a local Ray). Prints every problem and returns None when the catalog cannot fit.
-    """
-    from llmaas.capacity import ClusterSpec, check_capacity, with_capacity_defaults
-
-    path = Path(cluster_file or BOOTSTRAP_CLUSTER).expanduser()
-    if cluster_file is None and not path.exists():
-        return catalog
+def _fit(catalog: Catalog, cluster_file: str | None) -> Catalog | None:
+    """``fit_to_cluster``; prints why not and returns None when the catalog cannot fit."""
     try:
-        cluster = ClusterSpec.from_file(path)
-    except (OSError, ValueError) as exc:
-        print(f"error: cannot read the cluster config {path}: {exc}", file=sys.stderr)
+        return fit_to_cluster(catalog, cluster_file)
+    except CatalogError as exc:
+        _report(exc)
         return None
-    problems = check_capacity(catalog, cluster)
-    if problems:
-        print(
-            f"error: the catalog does not fit the cluster in {path}:\n  - " + "\n  - ".join(problems),
-            file=sys.stderr,
-        )
-        return None
-    return with_capacity_defaults(catalog, cluster)
 
 
-def prepare(catalog: Catalog) -> dict[str, Path]:
-    """Resolve every model's directory, building demo models with a progress bar."""
-    from llmaas.models import is_prepared, resolve_model_path
-
-    paths: dict[str, Path] = {}
-    for spec in catalog.models:
-        if is_prepared(spec.source, catalog.cache_path):
-            paths[spec.id] = resolve_model_path(spec.source, catalog.cache_path)
-            print(f"  {spec.id}: {paths[spec.id]}")
-            continue
-        progress = ProgressBar(f"building {spec.id}")
-        paths[spec.id] = resolve_model_path(spec.source, catalog.cache_path, progress)
-        progress.close()
-        print(f"  {spec.id}: {paths[spec.id]}")
-    return paths
+def _show_path(model_id: str, path: Path) -> None:
+    print(f"  {model_id}: {path}")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -108,12 +58,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if tls_problems:
         print("error: " + "\n  ".join(tls_problems), file=sys.stderr)
         return 2
-    catalog = load_checked_catalog(args.catalog)
+    catalog = _load(args.catalog)
     if catalog is None:
         return 2
     print(f"llmaas: preparing {len(catalog.models)} model(s)")
     started = time.perf_counter()
-    prepare(catalog)
+    prepare(catalog, on_ready=_show_path)
     url = start_platform(
         catalog,
         host=args.host,
@@ -144,18 +94,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    catalog = load_checked_catalog(args.catalog)
+    catalog = _load(args.catalog)
     if catalog is None:
         return 2
-    prepare(catalog)
+    prepare(catalog, on_ready=_show_path)
     return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    catalog = load_checked_catalog(args.catalog)
+    catalog = _load(args.catalog)
     if catalog is None:
         return 2
-    catalog = fit_to_cluster(catalog, args.cluster)
+    catalog = _fit(catalog, args.cluster)
     if catalog is None:
         return 2
     for spec in catalog.models:
@@ -180,9 +130,9 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     from llmaas.deploy import apply_catalog, deployed_catalog, diff
     from llmaas.launch import wait_catalog
 
-    catalog = load_checked_catalog(args.catalog)
+    catalog = _load(args.catalog)
     if catalog is not None:
-        catalog = fit_to_cluster(catalog, args.cluster)
+        catalog = _fit(catalog, args.cluster)
     if catalog is None:
         return 2
     if args.print_serve_config:
@@ -192,7 +142,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
         print(yaml.safe_dump({"applications": app_configs(catalog)}, sort_keys=False), end="")
         return 0
-    prepare(catalog)
+    prepare(catalog, on_ready=_show_path)
     try:
         ray.init(address=args.address, log_to_driver=False, logging_level=logging.WARNING)
     except ConnectionError as exc:
@@ -260,7 +210,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     url = args.url
     spec, model_dir, catalog = None, None, None
     if started_here or names:  # the baselines load the model's weights themselves
-        catalog = load_checked_catalog(args.catalog)
+        catalog = _load(args.catalog)
         if catalog is None:
             return 2
         spec = next((m for m in catalog.models if m.id == args.model), None)
@@ -268,7 +218,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             served = ", ".join(m.id for m in catalog.models)
             print(f"error: model {args.model!r} is not in the catalog (it has: {served})", file=sys.stderr)
             return 2
-        model_dir = prepare(catalog)[spec.id]
+        model_dir = prepare(catalog, on_ready=_show_path)[spec.id]
     if started_here:
         from llmaas.launch import start_platform
 

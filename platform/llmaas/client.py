@@ -3,15 +3,20 @@
     from llmaas.client import LLMClient
 
     client = LLMClient()                      # the "llmaas" Serve application
-    reply = client.chat("tiny-llama-chat", [{"role": "user", "content": "Hello"}], max_tokens=32)
+    reply = client.chat("smollm2-135m-instruct", [{"role": "user", "content": "Hello"}], max_tokens=32)
     print(reply.choices[0].message.content)
-    for chunk in client.stream_chat("tiny-llama-chat", [{"role": "user", "content": "Hi"}]):
+    for chunk in client.stream_chat("smollm2-135m-instruct", [{"role": "user", "content": "Hi"}]):
         print(chunk.choices[0].delta.content or "", end="")
     vectors = client.embed("all-minilm-l6-v2", ["a sentence", "another"]).data
 
 Every method has an ``a``-prefixed async twin (``await client.achat(...)``,
 ``async for chunk in client.astream_chat(...)``). Errors raise ``LLMError`` with the same
-status, type and param as the HTTP API.
+status, type and param as the HTTP API; a request that fails validation raises it here, before
+any call, with the message the HTTP API gives.
+
+The router's typed handle API underneath: ``models()``, ``completion(CompletionRequest)``,
+``chat(ChatCompletionRequest)``, ``embeddings(EmbeddingRequest)``, ``completion_stream(...)`` and
+``chat_stream(...)``: pydantic requests in, pydantic responses (or an ``ErrorResult``) out.
 """
 
 from __future__ import annotations
@@ -19,17 +24,22 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
+from llmaas.openai.errors import from_validation_error
 from llmaas.openai.protocol import (
     ChatCompletionChunk,
+    ChatCompletionRequest,
     ChatCompletionResponse,
+    CompletionRequest,
     CompletionResponse,
+    EmbeddingRequest,
     EmbeddingResponse,
+    ErrorResult,
     ModelList,
 )
 
-R = TypeVar("R", bound=BaseModel)
+M = TypeVar("M", bound=BaseModel)
 
 
 class LLMError(RuntimeError):
@@ -44,13 +54,38 @@ class LLMError(RuntimeError):
         self.code = code
 
 
-def _check(body: dict[str, Any]) -> dict[str, Any]:
-    if "error" in body:
-        err = body["error"]
-        raise LLMError(
-            int(body.get("status", 500)), err["message"], err["type"], err.get("param"), err.get("code")
-        )
-    return body
+def _checked(reply: M | ErrorResult) -> M:
+    """The response; an ``ErrorResult`` raises ``LLMError``."""
+    if isinstance(reply, ErrorResult):
+        err = reply.error
+        code = None if err.code is None else str(err.code)
+        raise LLMError(reply.status, err.message, err.type, err.param, code)
+    return reply
+
+
+def _request(cls: type[M], body: dict[str, Any]) -> M:
+    """``body`` validated into the request ``cls``; the HTTP API's 400 as an ``LLMError`` otherwise."""
+    try:
+        return cls.model_validate(body)
+    except ValidationError as exc:
+        error = from_validation_error(exc, cls)
+        raise LLMError(error.status, error.message, error.type, error.param, error.code) from exc
+
+
+def _completion(
+    model: str, prompt: str | list[int], params: dict[str, Any], stream: bool
+) -> CompletionRequest:
+    return _request(CompletionRequest, {"model": model, "prompt": prompt, **params, "stream": stream})
+
+
+def _chat(
+    model: str, messages: list[dict[str, Any]], params: dict[str, Any], stream: bool
+) -> ChatCompletionRequest:
+    return _request(ChatCompletionRequest, {"model": model, "messages": messages, **params, "stream": stream})
+
+
+def _embedding(model: str, input: str | list[str], params: dict[str, Any]) -> EmbeddingRequest:
+    return _request(EmbeddingRequest, {"model": model, "input": input, **params})
 
 
 class LLMClient:
@@ -70,75 +105,79 @@ class LLMClient:
         return self._handle, self._stream
 
     # ---- sync --------------------------------------------------------------------------------
-    def _call(self, route: str, body: dict[str, Any], cls: type[R]) -> R:
+    def _call(self, method: str, *args: BaseModel) -> Any:
         handle, _ = self._handles()
-        return cls.model_validate(_check(handle.call.remote(route, body).result()))
+        return _checked(getattr(handle, method).remote(*args).result())
 
-    def _iter(self, route: str, body: dict[str, Any], cls: type[R]) -> Iterator[R]:
+    def _iter(self, method: str, request: BaseModel) -> Iterator[Any]:
         _, stream = self._handles()
-        for item in stream.stream.remote(route, body):
-            yield cls.model_validate(_check(item))
+        for item in getattr(stream, method).remote(request):
+            yield _checked(item)
 
     def models(self) -> ModelList:
-        return self._call("models", {}, ModelList)
+        reply: ModelList = self._call("models")
+        return reply
 
     def complete(self, model: str, prompt: str | list[int], **params: Any) -> CompletionResponse:
-        return self._call("completions", {"model": model, "prompt": prompt, **params}, CompletionResponse)
+        reply: CompletionResponse = self._call("completion", _completion(model, prompt, params, False))
+        return reply
 
     def chat(self, model: str, messages: list[dict[str, Any]], **params: Any) -> ChatCompletionResponse:
-        return self._call(
-            "chat.completions", {"model": model, "messages": messages, **params}, ChatCompletionResponse
-        )
+        reply: ChatCompletionResponse = self._call("chat", _chat(model, messages, params, False))
+        return reply
 
     def embed(self, model: str, input: str | list[str], **params: Any) -> EmbeddingResponse:
-        return self._call("embeddings", {"model": model, "input": input, **params}, EmbeddingResponse)
+        reply: EmbeddingResponse = self._call("embeddings", _embedding(model, input, params))
+        return reply
 
     def stream_complete(
         self, model: str, prompt: str | list[int], **params: Any
     ) -> Iterator[CompletionResponse]:
-        return self._iter("completions", {"model": model, "prompt": prompt, **params}, CompletionResponse)
+        request = _completion(model, prompt, params, True)
+        return self._iter("completion_stream", request)
 
     def stream_chat(
         self, model: str, messages: list[dict[str, Any]], **params: Any
     ) -> Iterator[ChatCompletionChunk]:
-        return self._iter(
-            "chat.completions", {"model": model, "messages": messages, **params}, ChatCompletionChunk
-        )
+        request = _chat(model, messages, params, True)
+        return self._iter("chat_stream", request)
 
     # ---- async -------------------------------------------------------------------------------
-    async def _acall(self, route: str, body: dict[str, Any], cls: type[R]) -> R:
+    async def _acall(self, method: str, *args: BaseModel) -> Any:
         handle, _ = self._handles()
-        return cls.model_validate(_check(await handle.call.remote(route, body)))
+        return _checked(await getattr(handle, method).remote(*args))
 
-    async def _aiter(self, route: str, body: dict[str, Any], cls: type[R]) -> AsyncIterator[R]:
+    async def _aiter(self, method: str, request: BaseModel) -> AsyncIterator[Any]:
         _, stream = self._handles()
-        async for item in stream.stream.remote(route, body):
-            yield cls.model_validate(_check(item))
+        async for item in getattr(stream, method).remote(request):
+            yield _checked(item)
 
     async def amodels(self) -> ModelList:
-        return await self._acall("models", {}, ModelList)
+        reply: ModelList = await self._acall("models")
+        return reply
 
     async def acomplete(self, model: str, prompt: str | list[int], **params: Any) -> CompletionResponse:
-        return await self._acall(
-            "completions", {"model": model, "prompt": prompt, **params}, CompletionResponse
-        )
+        reply: CompletionResponse = await self._acall("completion", _completion(model, prompt, params, False))
+        return reply
 
     async def achat(
         self, model: str, messages: list[dict[str, Any]], **params: Any
     ) -> ChatCompletionResponse:
-        body = {"model": model, "messages": messages, **params}
-        return await self._acall("chat.completions", body, ChatCompletionResponse)
+        reply: ChatCompletionResponse = await self._acall("chat", _chat(model, messages, params, False))
+        return reply
 
     async def aembed(self, model: str, input: str | list[str], **params: Any) -> EmbeddingResponse:
-        return await self._acall("embeddings", {"model": model, "input": input, **params}, EmbeddingResponse)
+        reply: EmbeddingResponse = await self._acall("embeddings", _embedding(model, input, params))
+        return reply
 
     def astream_complete(
         self, model: str, prompt: str | list[int], **params: Any
     ) -> AsyncIterator[CompletionResponse]:
-        return self._aiter("completions", {"model": model, "prompt": prompt, **params}, CompletionResponse)
+        request = _completion(model, prompt, params, True)
+        return self._aiter("completion_stream", request)
 
     def astream_chat(
         self, model: str, messages: list[dict[str, Any]], **params: Any
     ) -> AsyncIterator[ChatCompletionChunk]:
-        body = {"model": model, "messages": messages, **params}
-        return self._aiter("chat.completions", body, ChatCompletionChunk)
+        request = _chat(model, messages, params, True)
+        return self._aiter("chat_stream", request)

@@ -1,9 +1,9 @@
 """Declarative deploys: the running platform converges to a catalog, the way ``serve deploy`` does.
 
-A catalog becomes one Serve application for the router and tokenizer (named by ``app_name``)
-and one per model (``<app_name>-model-<id>``), all through Serve's declarative API; see
-``llmaas.deployments.builder`` for why that split lets Serve roll only the models whose entries
-changed, resize without restarts, and tell the router about added and removed models live.
+A catalog becomes the applications of its deployment plan (``llmaas.plan``: a front application
+named by ``app_name`` and one per model or pool), all through Serve's declarative API; the plan's
+docstring says why that split lets Serve roll only the models whose entries changed, resize
+without restarts, and tell the router about added and removed models live.
 
 Serve deletes any declaratively deployed application that a new config leaves out: that is how
 a removed model goes, and why a deploy carries over other applications' configs as they are.
@@ -16,7 +16,10 @@ from typing import Any
 from pydantic import Field
 
 from llmaas.config.base import BaseConfig
-from llmaas.config.catalog import Catalog, ModelSpec, deployment_name, pool_deployment_name
+from llmaas.config.catalog import Catalog, ModelSpec
+from llmaas.naming import is_model_app
+from llmaas.plan import plan_catalog
+from llmaas.preflight import check_catalog
 
 
 class CatalogChange(BaseConfig):
@@ -66,91 +69,14 @@ def diff(old: Catalog | None, new: Catalog) -> CatalogChange:
     return change
 
 
-FRONT_IMPORT_PATH = "llmaas.deployments.builder:build_front"
-MODEL_IMPORT_PATH = "llmaas.deployments.builder:build_model"
-POOL_IMPORT_PATH = "llmaas.deployments.builder:build_pool"
-
-
-def model_app_name(app_name: str, model_id: str) -> str:
-    """The Serve application that runs one model of the platform ``app_name``."""
-    return f"{app_name}-{deployment_name(model_id)}"
-
-
-def pool_app_name(app_name: str, pool: str) -> str:
-    """The Serve application that runs one multiplexed pool of the platform ``app_name``."""
-    return f"{app_name}-{pool_deployment_name(pool)}"
-
-
-def is_model_app(app_name: str, name: str) -> bool:
-    """Whether the Serve application ``name`` runs a model (or a pool) of the platform ``app_name``."""
-    return name.startswith((f"{app_name}-model-", f"{app_name}-pool-"))
-
-
 def model_apps(catalog: Catalog) -> dict[str, str]:
     """Model id -> the Serve application that serves it (its own, or its pool's)."""
-    return {
-        spec.id: pool_app_name(catalog.app_name, spec.pool)
-        if spec.pool
-        else model_app_name(catalog.app_name, spec.id)
-        for spec in catalog.models
-    }
+    return plan_catalog(catalog).model_apps()
 
 
 def app_configs(catalog: Catalog, route_prefix: str = "/") -> list[dict[str, Any]]:
     """The catalog as Serve config entries (``applications:`` of ``serve deploy``): front, then models."""
-    from llmaas.deployments.builder import (
-        catalog_user_config,
-        front_args,
-        pool_scaling_options,
-        scaling_options,
-    )
-
-    apps = model_apps(catalog)
-    user_config = catalog_user_config(catalog, apps)
-    front = {
-        "name": catalog.app_name,
-        "route_prefix": route_prefix,
-        "import_path": FRONT_IMPORT_PATH,
-        "args": front_args(catalog).model_dump(mode="json"),
-        "deployments": [
-            {"name": "router", "user_config": user_config},
-            {"name": "tokenizer", "user_config": user_config},
-        ],
-    }
-    models = [
-        {
-            "name": apps[spec.id],
-            "route_prefix": None,  # NOTE: reached through the router only
-            "import_path": MODEL_IMPORT_PATH,
-            # NOTE: replica counts are left out of args (a change there rebuilds and restarts the
-            # application) and given as the deployment's override, which Serve applies live
-            "args": {
-                "model": spec.model_dump(mode="json", exclude={"replicas"}),
-                "cache_dir": str(catalog.cache_path),
-            },
-            "deployments": [{"name": deployment_name(spec.id), **scaling_options(spec)}],
-        }
-        for spec in catalog.models
-        if spec.pool is None
-    ]
-    pools = [
-        {
-            "name": pool_app_name(catalog.app_name, name),
-            "route_prefix": None,
-            "import_path": POOL_IMPORT_PATH,
-            "args": {
-                "name": name,
-                "pool": pool.model_dump(mode="json", exclude={"replicas"}),
-                "models": [
-                    m.model_dump(mode="json", exclude={"replicas"}) for m in catalog.pool_members(name)
-                ],
-                "cache_dir": str(catalog.cache_path),
-            },
-            "deployments": [{"name": pool_deployment_name(name), **pool_scaling_options(name, catalog)}],
-        }
-        for name, pool in catalog.pools.items()
-    ]
-    return [front, *models, *pools]
+    return plan_catalog(catalog).serve_config(route_prefix)
 
 
 def _client() -> Any:
@@ -186,9 +112,9 @@ def apply_catalog(catalog: Catalog, route_prefix: str | None = None) -> CatalogC
     """
     from ray.serve.schema import ServeDeploySchema
 
-    from llmaas.deployments.builder import build_from_catalog
-
-    build_from_catalog(catalog)  # NOTE: refuses here, with the platform's messages, what cannot deploy
+    problems = check_catalog(catalog)
+    if problems:  # NOTE: refused here, with the platform's messages, before Serve sees anything
+        raise ValueError("the catalog cannot be deployed:\n- " + "\n- ".join(problems))
     details = _details()
     previous = deployed_catalog(catalog.app_name)
     others = [

@@ -9,50 +9,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from llmaas.config.catalog import Catalog, ModelSpec, ReplicaConfig, deployment_name, pool_deployment_name
-
-
-def initial_replicas(spec: ModelSpec) -> int:
-    """Replicas Serve starts for a model: ``num_replicas``, else autoscaling's initial (or min)."""
-    return _initial(spec.replicas)
-
-
-def _initial(replicas: ReplicaConfig) -> int:
-    if replicas.num_replicas:
-        return replicas.num_replicas
-    autoscaling = replicas.autoscaling
-    if autoscaling is None:
-        return 1
-    return (
-        autoscaling.initial_replicas if autoscaling.initial_replicas is not None else autoscaling.min_replicas
-    )
+from llmaas.config.catalog import Catalog
+from llmaas.naming import is_model_app
+from llmaas.plan import plan_catalog
 
 
 def cpus_needed(catalog: Catalog) -> float:
-    """Logical CPUs the catalog's replicas ask Ray for at their initial sizes."""
-    total = catalog.router.num_cpus * catalog.router.num_replicas
-    total += catalog.tokenizer.num_cpus * catalog.tokenizer.num_replicas
-    total += catalog.gateway.num_cpus if catalog.gateway is not None else 0.0
-    for spec in catalog.models:
-        if spec.pool is None:
-            total += spec.resources.num_cpus * spec.tensor_parallel_size * initial_replicas(spec)
-    for pool in catalog.pools.values():
-        total += pool.resources.num_cpus * _initial(pool.replicas)
-    return total
+    """Logical CPUs the catalog's replicas ask Ray for at their initial sizes (its plan's)."""
+    return plan_catalog(catalog).cpus_needed()
 
 
 def target_replicas(catalog: Catalog) -> dict[str, int]:
-    """Replicas each Serve deployment of the catalog's application starts with, by deployment name."""
-    targets = {"router": catalog.router.num_replicas, "tokenizer": catalog.tokenizer.num_replicas}
-    targets.update(
-        {deployment_name(spec.id): initial_replicas(spec) for spec in catalog.models if not spec.pool}
-    )
-    targets.update(
-        {pool_deployment_name(name): _initial(pool.replicas) for name, pool in catalog.pools.items()}
-    )
-    if catalog.gateway is not None:
-        targets["gateway"] = 1
-    return targets
+    """Replicas each Serve deployment of the catalog starts with, by deployment name."""
+    return plan_catalog(catalog).targets()
 
 
 def check_tls_files(
@@ -148,12 +117,10 @@ def wait_catalog(catalog: Catalog, timeout_s: float) -> None:
     """Wait until the catalog's applications (front and models) run every replica they start with."""
     from ray import serve
 
-    from llmaas.deploy import is_model_app, model_apps
-
-    labels = {deployment_name(spec.id): spec.id for spec in catalog.models}
-    apps = [catalog.app_name, *sorted(set(model_apps(catalog).values()))]
+    plan = plan_catalog(catalog)
+    apps = plan.app_names()
     deadline = time.monotonic() + timeout_s
-    wait_running(apps, timeout_s=timeout_s, targets=target_replicas(catalog), labels=labels)
+    wait_running(apps, timeout_s=timeout_s, targets=plan.targets(), labels=plan.labels())
     # NOTE: and the applications of removed models are gone (their replicas drained)
     while time.monotonic() < deadline:
         left = [a for a in serve.status().applications if is_model_app(catalog.app_name, a) and a not in apps]

@@ -7,12 +7,24 @@ from pathlib import Path
 
 from llmaas.config.catalog import Catalog, ModelSpec, Task
 from llmaas.models.demo import RECIPES
+from llmaas.models.errors import ModelSourceError
+from llmaas.models.gguf import GgufError, gguf_problems, read_gguf_info
+from llmaas.models.resolve import gguf_file
 
 # NOTE: DeepSpeed's AutoTP has no sharding policy for these; they run with tensor_parallel_size: 1.
 AUTOTP_UNSUPPORTED = {"gpt2", "gpt_bigcode", "bert"}
 
 
-def _architecture(spec: ModelSpec) -> tuple[str, dict[str, object]]:
+def _architecture(spec: ModelSpec, gguf: Path | None) -> tuple[str, dict[str, object]]:
+    if gguf is not None:
+        try:
+            info = read_gguf_info(gguf)
+        except (GgufError, OSError):
+            return "", {}
+        return info.model_type, {
+            "num_attention_heads": info.attention_heads,
+            "num_key_value_heads": info.kv_heads,
+        }
     if spec.source.demo is not None:
         recipe = RECIPES.get(spec.source.demo)
         arch = recipe.architecture if recipe else "bert"
@@ -27,6 +39,21 @@ def _architecture(spec: ModelSpec) -> tuple[str, dict[str, object]]:
     return str(data.get("model_type", "")), data
 
 
+def _gguf_checks(spec: ModelSpec) -> tuple[Path | None, list[str]]:
+    """The GGUF file behind ``spec``'s source (None for other sources), and why it cannot serve."""
+    try:
+        path = gguf_file(spec.source)
+    except ModelSourceError as exc:
+        return None, [f"model {spec.id!r}: {exc}"]
+    if path is None:
+        return None, []
+    field = "source.gguf" if spec.source.gguf is not None else f"demo {spec.source.demo!r}'s GGUF"
+    problems = [f"model {spec.id!r}: {problem}" for problem in gguf_problems(path, field)]
+    if spec.task is not Task.GENERATE:
+        problems.append(f"model {spec.id!r}: GGUF sources are generative models; set task: generate")
+    return path, problems
+
+
 def check_model(spec: ModelSpec) -> list[str]:
     problems: list[str] = []
     if spec.source.path is not None and not (Path(spec.source.path).expanduser() / "config.json").exists():
@@ -35,7 +62,10 @@ def check_model(spec: ModelSpec) -> list[str]:
             "point it at a Hugging Face model directory"
         )
         return problems
-    arch, config = _architecture(spec)
+    gguf, problems = _gguf_checks(spec)
+    if problems:
+        return problems
+    arch, config = _architecture(spec, gguf)
     if spec.task is Task.GENERATE and spec.source.demo == "all-minilm-l6-v2":
         problems.append(f"model {spec.id!r}: all-minilm-l6-v2 is an embedding model; set task: embed")
     if spec.task is Task.EMBED and spec.source.demo in RECIPES:

@@ -14,6 +14,8 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from llmaas.engine.types import EngineHealth
+from llmaas.naming import is_model_app, is_model_deployment
+from llmaas.plan import Plan, plan_catalog
 
 HEALTH_TIMEOUT_S = 5.0
 
@@ -29,6 +31,7 @@ class DeploymentRow(BaseModel):
     health: EngineHealth | None = None
     health_error: str = ""
     app: str = Field(default="", description="the Serve application it runs in (models may have their own)")
+    models: list[str] = Field(default_factory=list, description="the model ids it serves (from the plan)")
 
     @property
     def running_replicas(self) -> int:
@@ -48,16 +51,20 @@ def _name(value: Any) -> str:
 
 
 def _kind(deployment: str) -> str:
-    return "model" if deployment.startswith(("model-", "pool-")) else deployment
+    return "model" if is_model_deployment(deployment) else deployment
 
 
-def rows_from_serve(app: str, overview: Any, model_apps: Mapping[str, Any] | None = None) -> AppStatus:
+def rows_from_serve(
+    app: str, overview: Any, model_apps: Mapping[str, Any] | None = None, plan: Plan | None = None
+) -> AppStatus:
     """Our view of ``serve.status().applications[app]`` (an ApplicationStatusOverview), with the
-    applications that ``llmaas deploy`` runs its models in (``model_apps``, name -> overview)."""
+    applications that ``llmaas deploy`` runs its models in (``model_apps``, name -> overview),
+    labelled with the models each deployment serves where the deployed ``plan`` is known."""
     overviews = {app: overview, **(model_apps or {})}
     deployments = [
         (name, dep, where) for where, o in overviews.items() for name, dep in o.deployments.items()
     ]
+    served = {d.name: list(d.models) for d in plan.deployments} if plan is not None else {}
     rows = [
         DeploymentRow(
             name=name,
@@ -66,6 +73,7 @@ def rows_from_serve(app: str, overview: Any, model_apps: Mapping[str, Any] | Non
             replicas={_name(state): int(count) for state, count in dep.replica_states.items()},
             message=dep.message or "",
             app=where,
+            models=served.get(name, []),
         )
         for name, dep, where in sorted(deployments, key=lambda d: (_kind(d[0]) != "model", d[0]))
     ]
@@ -90,14 +98,15 @@ def collect(app: str) -> AppStatus | None:
     """The application's status from a connected Ray driver; None when Serve does not run ``app``."""
     from ray import serve
 
-    from llmaas.deploy import is_model_app
+    from llmaas.deploy import deployed_catalog
 
     applications = serve.status().applications
     overview = applications.get(app)
     if overview is None:
         return None
     model_apps = {name: o for name, o in applications.items() if is_model_app(app, name)}
-    status = rows_from_serve(app, overview, model_apps)
+    catalog = deployed_catalog(app)
+    status = rows_from_serve(app, overview, model_apps, plan_catalog(catalog) if catalog else None)
     models = [row for row in status.deployments if row.kind == "model" and row.running_replicas]
 
     async def gather() -> None:

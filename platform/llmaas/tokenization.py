@@ -1,4 +1,7 @@
-"""Tokenizers for every catalog model: encoding and chat templates (transformers does the work)."""
+"""Tokenizers for every catalog model: encoding and chat templates (transformers does the work).
+
+A conversation a model cannot render raises ``TokenizationError`` (the API answers it with a 400).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from llmaas.config.catalog import Catalog
-from llmaas.openai.errors import bad_request
+from llmaas.errors import TokenizationError
 
 
 class TokenizerPool:
@@ -44,7 +47,7 @@ class TokenizerPool:
     ) -> list[int]:
         tokenizer = self.get(model_id)
         if not getattr(tokenizer, "chat_template", None):
-            raise bad_request(
+            raise TokenizationError(
                 f"model '{model_id}' has no chat template: use /v1/completions with it, or add a "
                 "chat_template to its tokenizer_config.json",
                 param="model",
@@ -55,7 +58,7 @@ class TokenizerPool:
                 messages, tokenize=False, add_generation_prompt=add_generation_prompt
             )
         except Exception as exc:  # jinja raises for conversations the template refuses
-            raise bad_request(
+            raise TokenizationError(
                 f"the model's chat template refused these messages: {exc}", param="messages"
             ) from exc
         # NOTE: the template already writes any BOS it wants; adding special tokens would double it.

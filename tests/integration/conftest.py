@@ -1,4 +1,4 @@
-"""One Ray instance and one Serve app (the test catalog) for the whole integration session."""
+"""One Ray instance and one platform (the test catalog, deployed as `llmaas serve` does) for the session."""
 
 from __future__ import annotations
 
@@ -40,6 +40,17 @@ models:
     task: embed
     source: {{demo: all-minilm-l6-v2}}
     resources: {{num_cpus: 0.25, torch_threads: 1}}
+  - id: tiny-gguf
+    source: {{gguf: {gguf}}}
+    max_context_length: 128
+    sampling: {{temperature: 0.0, max_tokens: 16}}
+    resources: {{num_cpus: 0.25, torch_threads: 1}}
+  - id: smollm2
+    source: {{demo: smollm2-135m-instruct}}
+    max_context_length: 512
+    batching: {{max_batch_size: 4}}
+    sampling: {{temperature: 0.0, max_tokens: 24}}
+    resources: {{num_cpus: 0.5, torch_threads: 1}}
 """
 
 
@@ -50,8 +61,8 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def catalog(model_cache: Path) -> Catalog:
-    return Catalog.from_yaml(TEST_CATALOG.format(cache=model_cache))
+def catalog(model_cache: Path, tiny_gguf_file: Path) -> Catalog:
+    return Catalog.from_yaml(TEST_CATALOG.format(cache=model_cache, gguf=tiny_gguf_file))
 
 
 @pytest.fixture(scope="session")
@@ -80,16 +91,23 @@ def ray_cluster() -> Iterator[dict[str, str]]:
 
 @pytest.fixture(scope="session")
 def base_url(
-    ray_cluster: dict[str, str], catalog: Catalog, chat_model_path: Path, gpt2_model_path: Path
+    ray_cluster: dict[str, str],
+    catalog: Catalog,
+    chat_model_path: Path,
+    gpt2_model_path: Path,
+    smollm2_model_path: Path,
 ) -> str:
     from ray import serve
 
-    from llmaas.deployments import build_from_catalog
+    from llmaas.deploy import apply_catalog
+    from llmaas.plan import plan_catalog
 
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_from_catalog(catalog), name=catalog.app_name, route_prefix="/", blocking=False)
+    # NOTE: the shape `llmaas serve` runs: a front application and one application per model.
+    apply_catalog(catalog)
     url = f"http://127.0.0.1:{port}"
+    apps = set(plan_catalog(catalog).app_names())
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         try:
@@ -97,9 +115,9 @@ def base_url(
                 return url
         except httpx.HTTPError:
             pass
-        status = serve.status().applications.get(catalog.app_name)
-        if status is not None and str(status.status).endswith("DEPLOY_FAILED"):
-            pytest.fail(f"deploy failed: {status.message}")
+        for name, status in serve.status().applications.items():
+            if name in apps and str(status.status).endswith("DEPLOY_FAILED"):
+                pytest.fail(f"deploy of {name} failed: {status.message}")
         time.sleep(1)
     pytest.fail("the test app did not become ready in 600s")
 

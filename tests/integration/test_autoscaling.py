@@ -3,6 +3,8 @@
 A Serve application ``auto`` (at ``/auto``) runs next to the session's with three models:
 ``cold`` and ``cold-short`` scaled to zero, and ``elastic`` between 1 and 3 replicas on the
 engine's sequence count (``llmaas.autoscaling``) with short delays so that the test is quick.
+The models run the fake engine (``llmaas.engine.fake``): what is tested is Serve's and the
+policy's behaviour, and a fake step of a fixed length makes the load step the same on every run.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ tokenizer: {{num_cpus: 0.05}}
 models:
   - id: cold
     source: {{demo: tiny-gpt2}}
+    engine: {{cls: "llmaas.engine.fake:FakeEngine", args: {{load_delay_s: 1.0}}}}
     sampling: {{max_tokens: 4}}
     replicas:
       autoscaling: {{min_replicas: 0, max_replicas: 1, downscale_delay_s: 600}}
@@ -34,12 +37,14 @@ models:
     resources: {{num_cpus: 0.1, torch_threads: 1}}
   - id: cold-short
     source: {{demo: tiny-gpt2}}
+    engine: {{cls: "llmaas.engine.fake:FakeEngine"}}
     replicas:
       autoscaling: {{min_replicas: 0, max_replicas: 1, downscale_delay_s: 600}}
       queue_timeout_s: 2
     resources: {{num_cpus: 0.1, torch_threads: 1}}
   - id: elastic
     source: {{demo: tiny-gpt2}}
+    engine: {{cls: "llmaas.engine.fake:FakeEngine", args: {{step_delay_s: 0.02}}}}
     sampling: {{max_tokens: 48}}
     replicas:
       autoscaling:

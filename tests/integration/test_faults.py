@@ -25,7 +25,8 @@ from typing import Any
 import httpx
 import pytest
 
-from llmaas.config.catalog import Catalog, deployment_name
+from llmaas.config.catalog import Catalog
+from llmaas.naming import deployment_name
 
 APP = "faults"
 PREFIX = "/faults"

@@ -211,7 +211,7 @@ def test_streaming_chat_sse_shape_and_usage(http):
 def test_concurrent_requests_share_a_batch(http, base_url):
     from ray import serve
 
-    replica = serve.get_deployment_handle("model-tiny-llama", app_name="llmaas")
+    replica = serve.get_deployment_handle("model-tiny-llama", app_name="llmaas-model-tiny-llama")
     before = replica.health.remote().result()
 
     def one(i: int) -> dict:
@@ -245,7 +245,7 @@ def test_client_disconnect_cancels_the_sequence(base_url):
 
     from ray import serve
 
-    replica = serve.get_deployment_handle("model-tiny-gpt2", app_name="llmaas")
+    replica = serve.get_deployment_handle("model-tiny-gpt2", app_name="llmaas-model-tiny-gpt2")
     before = replica.health.remote().result()
     body = {"model": "tiny-gpt2", "prompt": "Hi", "max_tokens": 500, "ignore_eos": True, "stream": True}
     with (

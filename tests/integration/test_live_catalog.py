@@ -3,7 +3,9 @@
 A platform named ``live`` (at ``/live``) is deployed declaratively next to the session's app:
 its router and tokenizer in one Serve application, each model in its own. While clients keep
 both models busy, one model's entry changes (its replicas roll), a model is added and another
-resized (nothing restarts), and a model is removed. No request fails, on any model.
+resized (nothing restarts), and a model is removed. No request fails, on any model. The models
+run the fake engine (``llmaas.engine.fake``): what is tested is how Serve rolls, resizes and
+routes, and no weights need loading for that.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import pytest
 from llmaas.config.catalog import Catalog
 
 APP = "live"
+FAKE = {"cls": "llmaas.engine.fake:FakeEngine", "args": {"step_delay_s": 0.005}}
 PREFIX = "/live"
 DB_PATH = Path(tempfile.mkdtemp(prefix="llmaas-live-")) / "gateway.db"
 LIVE_CATALOG = """
@@ -35,17 +38,20 @@ gateway: {{database: "sqlite:///{db}", key_refresh_s: 0.5, num_cpus: 0.05}}
 models:
   - id: roll
     source: {{demo: tiny-gpt2}}
+    engine: {{cls: "llmaas.engine.fake:FakeEngine", args: {{step_delay_s: 0.005}}}}
     sampling: {{max_tokens: {roll_max_tokens}}}
     replicas: {{num_replicas: 2}}
     resources: {{num_cpus: 0.1, torch_threads: 1}}
   - id: steady
     source: {{demo: tiny-gpt2}}
+    engine: {{cls: "llmaas.engine.fake:FakeEngine", args: {{step_delay_s: 0.005}}}}
     sampling: {{max_tokens: 6}}
     replicas: {{num_replicas: {steady_replicas}}}
     resources: {{num_cpus: 0.1, torch_threads: 1}}
 {extra}"""
 EXTRA = """  - id: extra
     source: {demo: tiny-gpt2}
+    engine: {cls: "llmaas.engine.fake:FakeEngine", args: {step_delay_s: 0.005}}
     sampling: {max_tokens: 4}
     resources: {num_cpus: 0.1, torch_threads: 1}
 """
@@ -298,7 +304,9 @@ def test_the_admin_api_changes_one_model_at_a_time(
     assert resized.status_code == 202, resized.text
     assert resized.json()["resized"] == ["steady"] and not resized.json()["updated"]
     added = call(
-        "PUT", "/admin/models/admin-extra", {"source": {"demo": "tiny-gpt2"}, "sampling": {"max_tokens": 3}}
+        "PUT",
+        "/admin/models/admin-extra",
+        {"source": {"demo": "tiny-gpt2"}, "engine": FAKE, "sampling": {"max_tokens": 3}},
     )
     assert added.status_code == 202 and added.json()["added"] == ["admin-extra"], added.text
     settled()
@@ -325,6 +333,7 @@ def test_the_admin_api_changes_one_model_at_a_time(
     status = collect(APP)
     assert status is not None and status.status == "RUNNING", status
     rows = {row.name: row for row in status.deployments}
-    assert set(rows) == {"router", "tokenizer", "gateway", "model-roll", "model-steady"}
+    assert set(rows) == {"router", "tokenizer", "gateway", "catalog-admin", "model-roll", "model-steady"}
     assert rows["model-roll"].app == "live-model-roll" and rows["model-roll"].running_replicas == 2
+    assert rows["model-roll"].models == ["roll"]  # labelled from the deployed catalog's plan
     assert rows["model-roll"].health is not None and rows["model-roll"].health.healthy

@@ -52,7 +52,17 @@ def test_ray_job_calls_models_through_handles(base_url, ray_cluster):
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     jobs = JobSubmissionClient(ray_cluster["dashboard"])
-    job_id = jobs.submit_job(entrypoint=f"{sys.executable} {JOB}")
+    # NOTE: the head's job agent may still be starting on a busy machine; Ray answers 500
+    # "No available agent to submit job, please try again later" until it is up.
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            job_id = jobs.submit_job(entrypoint=f"{sys.executable} {JOB}")
+            break
+        except RuntimeError as exc:
+            if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(2)
     deadline = time.monotonic() + 300
     status = jobs.get_job_status(job_id)
     while (

@@ -5,7 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from llmaas.config.catalog import Catalog, deployment_name
+from llmaas.config.catalog import Catalog
+from llmaas.naming import deployment_name
 from llmaas.status import collect
 
 

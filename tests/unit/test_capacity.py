@@ -144,13 +144,41 @@ def test_custom_resources_are_part_of_the_demand():
 
 
 def test_replica_demand_is_what_the_builder_asks_serve_for():
-    from llmaas.deployments.builder import model_deployment_options
+    from llmaas.plan import model_deployment
 
     tp4 = ModelSpec.model_validate(_model("m", tp=4, cpus=2, resources={"custom": {"a100": 1}}))
-    assert replica_demand(tp4) == model_deployment_options(tp4)["placement_group_bundles"]
+    assert replica_demand(tp4) == model_deployment(tp4, "app").serve_options()["placement_group_bundles"]
     cpu = ModelSpec.model_validate(_model("c", gpus=0, cpus=1.5))
-    actor = model_deployment_options(cpu)["ray_actor_options"]
+    actor = model_deployment(cpu, "app").serve_options()["ray_actor_options"]
     assert replica_demand(cpu) == [{"CPU": actor["num_cpus"]}] and actor["num_gpus"] == 0
+
+
+def test_memory_bytes_is_in_every_tp_bundle_and_in_the_capacity_count():
+    from llmaas.plan import model_deployment
+
+    gib = 2**30
+    spec = ModelSpec.model_validate(_model("m", tp=2, cpus=2, resources={"memory_bytes": 20 * gib}))
+    options = model_deployment(spec, "app").serve_options()
+    assert options["placement_group_bundles"] == [{"CPU": 2, "GPU": 1, "memory": 20 * gib}] * 2
+    assert options["ray_actor_options"]["memory"] == 20 * gib
+    # one node of 2 GPUs and 32 GiB holds no TP=2 replica of 2 x 20 GiB; 48 GiB does
+    small = _cluster({"gpu-2x": _gpu_type(2, 16, 4, memory=32 * gib)})
+    problems = check_capacity(
+        _catalog(_model("m", tp=2, cpus=2, resources={"memory_bytes": 20 * gib})), small
+    )
+    assert len(problems) == 1 and "the largest node type offers memory 32GiB" in problems[0]
+    big = _cluster({"gpu-2x": _gpu_type(2, 16, 1, memory=48 * gib)})
+    catalog = _catalog(_model("m", tp=2, cpus=2, resources={"memory_bytes": 20 * gib}))
+    assert check_capacity(catalog, big) == []
+    # two replicas need two nodes: memory, not GPUs or CPUs, is what runs out on one
+    two = _catalog(
+        _model("m", tp=2, cpus=2, resources={"memory_bytes": 20 * gib}, replicas={"num_replicas": 2})
+    )
+    problems = check_capacity(two, _cluster({"gpu-4x": _gpu_type(4, 48, 1, memory=48 * gib)}))
+    assert len(problems) == 1 and "model 'm' 1 of 2" in problems[0]
+    # node types that do not declare memory cannot be checked: say what to write
+    problems = check_capacity(catalog, _cluster({"gpu-2x": _gpu_type(2, 16, 4)}))
+    assert len(problems) == 1 and "no node type in cluster.yaml declares its memory" in problems[0]
 
 
 # --- all replicas together -------------------------------------------------------------------
@@ -257,7 +285,7 @@ def test_the_embedded_default_catalog_on_a_small_cpu_only_cluster():
     assert check_capacity(default_catalog(), cpu_cluster(1, 1)) == []
     problems = check_capacity(default_catalog(), cpu_cluster(1, 0))
     assert len(problems) == 1 and "could never become healthy" in problems[0]
-    assert "model 'tiny-llama-chat' 1 of 1" in problems[0]
+    assert "model 'smollm2-135m-instruct' 1 of 1" in problems[0]
     assert "model 'all-minilm-l6-v2' 0 of 1" in problems[0]
 
 
@@ -338,3 +366,94 @@ def test_capacity_summary_lists_types_and_totals():
     assert [t["name"] for t in summary["node_types"]] == ["head", "gpu-1x", "gpu-4x", "gpu-8x"]
     assert summary["node_types"][0]["head"] is True and summary["node_types"][3]["max_workers"] == 2
     assert summary["max_totals"]["GPU"] == 38
+
+
+# --- with pools present: every rule -----------------------------------------------------------
+
+_POOL = {
+    "small": {"max_models_per_replica": 2, "resources": {"num_cpus": 2}, "replicas": {"num_replicas": 1}}
+}
+
+
+def _pooled(model_id: str) -> dict[str, Any]:
+    return {"id": model_id, "source": {"path": f"/models/{model_id}"}, "pool": "small"}
+
+
+def test_a_pooled_model_before_an_autoscaling_one_gets_capacity_defaults():
+    """The issue's catalog: a pooled model listed before an autoscaling model with no max_replicas."""
+    cluster = _cluster({"gpu-1x": _gpu_type(1, 8, 3)}, max_workers=3)
+    catalog = _catalog(
+        _pooled("p1"), _model("auto", replicas={"autoscaling": {"min_replicas": 1}}), pools=_POOL
+    )
+    assert check_capacity(catalog, cluster) == []
+    fitted = with_capacity_defaults(catalog, cluster)
+    auto = fitted.get("auto")
+    assert auto is not None and auto.replicas.autoscaling is not None
+    assert auto.replicas.autoscaling.max_replicas == 3  # one per gpu-1x node
+    assert fitted.get("p1") == catalog.get("p1") and fitted.pools == catalog.pools
+
+
+def test_a_pool_left_to_the_cluster_gets_its_bound_too():
+    cluster = _cluster({}, max_workers=0)  # the head alone: CPU 8
+    pools = {"small": {"resources": {"num_cpus": 2}, "replicas": {"autoscaling": {"min_replicas": 1}}}}
+    catalog = _catalog(_pooled("p1"), pools=pools, router={"num_cpus": 1}, tokenizer={"num_cpus": 1})
+    fitted = with_capacity_defaults(catalog, cluster)
+    autoscaling = fitted.pools["small"].replicas.autoscaling
+    assert autoscaling is not None and autoscaling.max_replicas == 3  # (8 - 1 - 1) // 2
+
+
+def test_with_pools_a_replica_that_fits_no_node_is_refused():
+    cluster = _cluster({"gpu-1x": _gpu_type(1, 8, 2)})
+    catalog = _catalog(_pooled("p1"), _model("big", tp=2), pools=_POOL)
+    problems = check_capacity(catalog, cluster)
+    assert len(problems) == 1 and problems[0].startswith("model 'big': one replica needs 2 x")
+    huge = {"small": {**_POOL["small"], "resources": {"num_cpus": 64}}}
+    problems = check_capacity(_catalog(_pooled("p1"), _model("m"), pools=huge), cluster)
+    assert len(problems) == 1 and problems[0].startswith("pool 'small' (models 'p1'): one replica needs")
+    assert "lower pools.small.resources" in problems[0]
+
+
+def test_with_pools_minimums_that_cannot_fit_are_refused():
+    cluster = _cluster({"gpu-1x": _gpu_type(1, 8, 2)}, max_workers=2)
+    catalog = _catalog(_pooled("p1"), _model("m", replicas={"num_replicas": 3}), pools=_POOL)
+    problems = check_capacity(catalog, cluster)
+    assert len(problems) == 1 and problems[0].startswith("the catalog's minimum replicas")
+    assert "Not placed: model 'm' 1 replica" in problems[0]
+    # the pool's replicas count: 3 of 3 CPUs each do not fit the head's 8
+    pools = {"small": {**_POOL["small"], "resources": {"num_cpus": 3}, "replicas": {"num_replicas": 3}}}
+    problems = check_capacity(_catalog(_pooled("p1"), pools=pools), _cluster({}, max_workers=0))
+    assert len(problems) == 1 and "pool 'small' (models 'p1') 2 of 3" in problems[0]
+
+
+def test_with_pools_maximums_that_cannot_fit_are_refused():
+    cluster = _cluster({"gpu-1x": _gpu_type(1, 8, 2)}, max_workers=2)
+    auto = {"autoscaling": {"min_replicas": 1, "max_replicas": 3}}
+    catalog = _catalog(_pooled("p1"), _model("m", replicas=auto), pools=_POOL)
+    problems = check_capacity(catalog, cluster)
+    assert len(problems) == 1 and problems[0].startswith("the catalog's maximum replicas")
+    assert "model 'm' 2 of 3" in problems[0]
+
+
+def test_the_issue_catalog_passes_llmaas_check_against_the_committed_cluster(tmp_path: Path, capsys):
+    from llmaas.cli import main
+
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(
+        yaml.safe_dump(
+            {
+                "models": [
+                    {"id": "p1", "source": {"demo": "tiny-gpt2"}, "pool": "small"},
+                    {
+                        "id": "auto",
+                        "source": {"demo": "tiny-llama-chat"},
+                        "replicas": {"autoscaling": {"min_replicas": 0}},
+                        "resources": {"num_cpus": 4, "num_gpus": 1},
+                    },
+                ],
+                "pools": {"small": {"max_models_per_replica": 2}},
+            }
+        )
+    )
+    assert main(["check", "--catalog", str(catalog), "--cluster", str(CLUSTER_YAML)]) == 0
+    out = capsys.readouterr().out
+    assert "ok  auto" in out and "replicas=0..38" in out  # one per GPU of the cluster at its largest

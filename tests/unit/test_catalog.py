@@ -23,8 +23,8 @@ from llmaas.config.catalog import (
     Task,
     TokenizerConfig,
     WorkerResources,
-    deployment_name,
 )
+from llmaas.naming import deployment_name
 
 DEMO = {"demo": "tiny-gpt2"}
 
@@ -58,14 +58,14 @@ def invalid(model: type[BaseModel], data: dict[str, Any], *needles: str) -> str:
 def test_default_catalog_loads():
     cat = default_catalog()
     assert cat.app_name == "llmaas"
-    assert [m.id for m in cat.models] == ["tiny-llama-chat", "all-minilm-l6-v2"]
-    chat = cat.get("tiny-llama-chat")
+    assert [m.id for m in cat.models] == ["smollm2-135m-instruct", "all-minilm-l6-v2"]
+    chat = cat.get("smollm2-135m-instruct")
     embed = cat.get("all-minilm-l6-v2")
     assert chat is not None and embed is not None
     assert chat.task is Task.GENERATE
     assert embed.task is Task.EMBED
     assert chat.sampling.temperature == 0.0
-    assert chat.sampling.max_tokens == 64
+    assert chat.sampling.max_tokens == 256
     assert embed.source.describe() == "demo:all-minilm-l6-v2"
     # CPU-only: nothing asks for a GPU
     assert all(not m.resources.uses_gpu for m in cat.models)

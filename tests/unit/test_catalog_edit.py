@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from llmaas.catalog_edit import patch_model, put_model, remove_model
+from llmaas.catalog_edit import CatalogEdit, patch_model, put_model, remove_model
 from llmaas.config.catalog import Catalog, ModelSpec, PoolConfig
-from llmaas.openai.errors import OpenAIError
+from llmaas.errors import CatalogEditError, CatalogModelNotFound
+from llmaas.openai.errors import to_openai_error
 
 BASE = Catalog.model_validate(
     {
@@ -25,8 +26,10 @@ def spec(catalog: Catalog, model_id: str) -> ModelSpec:
     return found
 
 
-def _error(exc: pytest.ExceptionInfo[OpenAIError]) -> tuple[int, str]:
-    return exc.value.status, exc.value.message
+def _error(exc: pytest.ExceptionInfo[CatalogEditError]) -> tuple[int, str]:
+    """The status and message a client of the admin API sees for the error."""
+    seen = to_openai_error(exc.value)
+    return seen.status, seen.message
 
 
 def test_put_adds_a_model_or_replaces_one_and_keeps_the_rest() -> None:
@@ -53,23 +56,25 @@ def test_remove_drops_the_model() -> None:
 
 
 def test_invalid_changes_are_400_or_404_naming_the_problem() -> None:
-    with pytest.raises(OpenAIError) as exc:
+    with pytest.raises(CatalogEditError) as exc:
         patch_model(BASE, "a", {"replicas": {"autoscaling": {"max_replicas": 3}}})
     status, message = _error(exc)
     assert status == 400 and "num_replicas" in message and "autoscaling" in message
-    with pytest.raises(OpenAIError) as exc:
+    with pytest.raises(CatalogEditError) as exc:
         put_model(BASE, "c", {"source": {"demo": "tiny-gpt2"}, "tensor_parallel_size": 3})
     assert _error(exc)[0] == 400 and "tensor_parallel_size" in _error(exc)[1]
-    with pytest.raises(OpenAIError) as exc:
+    with pytest.raises(CatalogEditError) as exc:
         put_model(BASE, "c", {"source": {"demo": "tiny-gpt2"}, "tensor_parallel_size": 2})
     assert _error(exc)[0] == 400 and "AutoTP" in _error(exc)[1]
-    with pytest.raises(OpenAIError) as exc:
+    with pytest.raises(CatalogEditError) as exc:
         put_model(BASE, "c", {"id": "d", "source": {"demo": "tiny-gpt2"}})
     assert _error(exc)[0] == 400
-    with pytest.raises(OpenAIError) as exc:
+    with pytest.raises(CatalogModelNotFound) as exc:
         patch_model(BASE, "zz", {})
     assert _error(exc) == (404, "the catalog holds no model 'zz' (it holds a, b)")
-    with pytest.raises(OpenAIError) as exc:
+    seen = to_openai_error(exc.value)
+    assert (seen.type, seen.code) == ("not_found_error", "model_not_found")
+    with pytest.raises(CatalogEditError) as exc:
         remove_model(remove_model(BASE, "a"), "b")
     assert _error(exc)[0] == 400 and "last model" in _error(exc)[1]
 
@@ -90,3 +95,15 @@ def test_pools_are_validated() -> None:
     assert [m.id for m in joined.pool_members("p")] == ["b"] and joined.deployment_of(
         spec(joined, "b")
     ) == "pool-p"
+
+
+def test_an_edit_is_a_value_that_applies_itself() -> None:
+    put = CatalogEdit(op="put", model_id="c", body={"source": {"demo": "tiny-gpt2"}})
+    assert put.apply(BASE) == put_model(BASE, "c", {"source": {"demo": "tiny-gpt2"}})
+    patch = CatalogEdit(op="patch", model_id="a", body={"replicas": {"num_replicas": 3}})
+    assert patch.apply(BASE) == patch_model(BASE, "a", {"replicas": {"num_replicas": 3}})
+    assert CatalogEdit(op="delete", model_id="a").apply(BASE) == remove_model(BASE, "a")
+    with pytest.raises(CatalogModelNotFound):
+        CatalogEdit(op="delete", model_id="zz").apply(BASE)
+    with pytest.raises(ValueError, match="op"):
+        CatalogEdit.model_validate({"op": "rename", "model_id": "a"})

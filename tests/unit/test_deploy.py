@@ -7,14 +7,9 @@ from typing import Any
 from ray.serve.schema import ServeDeploySchema
 
 from llmaas.config.catalog import Catalog
-from llmaas.deploy import (
-    FRONT_IMPORT_PATH,
-    MODEL_IMPORT_PATH,
-    app_configs,
-    diff,
-    is_model_app,
-    model_app_name,
-)
+from llmaas.deploy import app_configs, diff
+from llmaas.naming import is_model_app, model_app_name
+from llmaas.plan import FRONT_IMPORT_PATH, MODEL_IMPORT_PATH
 
 
 def _catalog(*models: dict[str, Any], **extra: Any) -> Catalog:

@@ -12,12 +12,13 @@ from pydantic import ValidationError
 
 from llmaas.config.catalog import Catalog
 from llmaas.config.gateway import GatewayConfig
-from llmaas.gateway.client import bearer_secret
+from llmaas.errors import AuthError, Forbidden, RateLimited
+from llmaas.gateway.client import GatewayClient, bearer_secret, raise_refusal
 from llmaas.gateway.keys import ApiKey, KeyRequest, hash_secret, make_key, well_formed
 from llmaas.gateway.limits import WINDOW_S, RateLimiter, SlidingWindow
-from llmaas.gateway.service import Gateway
+from llmaas.gateway.service import Admission, Gateway
 from llmaas.gateway.store import PostgresStore, Store, UsageRow, open_store
-from llmaas.openai.errors import OpenAIError
+from llmaas.openai.errors import to_openai_error
 
 
 class Clock:
@@ -92,16 +93,54 @@ def test_database_url_must_be_sqlite_or_postgres():
      ("Bearer ", "invalid_api_key"), ("Bearer sk-not-ours", "invalid_api_key")],
 )  # fmt: skip
 def test_bearer_header_problems_are_401(header, code):
-    with pytest.raises(OpenAIError) as caught:
+    with pytest.raises(AuthError) as caught:
         bearer_secret(header)
-    assert caught.value.status == 401 and caught.value.code == code
-    assert caught.value.headers["WWW-Authenticate"].startswith("Bearer")
+    seen = to_openai_error(caught.value)
+    assert seen.status == 401 and seen.code == code
+    assert seen.headers["WWW-Authenticate"].startswith("Bearer")
 
 
 def test_bearer_header_gives_the_secret():
     secret = make_key(KeyRequest(name="x")).secret
     assert bearer_secret(f"Bearer {secret}") == secret
     assert bearer_secret(f"bearer   {secret} ") == secret
+
+
+def test_gateway_refusals_are_domain_errors_clients_see_as_before():
+    raise_refusal(Admission(key_id="k"))  # admitted: nothing raised
+    with pytest.raises(AuthError) as caught:
+        raise_refusal(Admission(status=401, message="The API key sk-ab... is revoked.", code="key_revoked"))
+    seen = to_openai_error(caught.value)
+    assert (seen.status, seen.type, seen.code, seen.headers) == (
+        401,
+        "invalid_request_error",
+        "key_revoked",
+        {"WWW-Authenticate": 'Bearer realm="llmaas"'},
+    )
+    with pytest.raises(Forbidden) as caught_403:
+        raise_refusal(Admission(status=403, message="not an admin key", code="not_admin"))
+    seen = to_openai_error(caught_403.value)
+    assert (seen.status, seen.type, seen.code, seen.headers) == (403, "permission_error", "not_admin", {})
+    with pytest.raises(RateLimited) as caught_429:
+        raise_refusal(
+            Admission(status=429, message="slow down", code="rate_limit_exceeded", retry_after_s=12)
+        )
+    seen = to_openai_error(caught_429.value)
+    assert (seen.status, seen.type, seen.message, seen.headers) == (
+        429,
+        "rate_limit_error",
+        "slow down",
+        {"Retry-After": "12"},
+    )
+
+
+def test_admin_calls_with_auth_off_are_forbidden():
+    client = GatewayClient(object(), auth=False, ledger=True)
+    assert asyncio.run(client.authorize(None, "m")) is None
+    with pytest.raises(Forbidden) as caught:
+        asyncio.run(client.authorize(None, None, admin=True))
+    seen = to_openai_error(caught.value)
+    assert (seen.status, seen.type, seen.code) == (403, "permission_error", "auth_disabled")
 
 
 # ---- limits ---------------------------------------------------------------------------------------

@@ -61,6 +61,7 @@ models:
         "tokenizer": catalog.tokenizer.num_replicas,
         "model-a_b_c": 2,
         "model-auto": 3,
+        "catalog-admin": 1,
     }
 
 

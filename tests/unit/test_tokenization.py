@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from llmaas.openai.errors import OpenAIError
+from llmaas.errors import TokenizationError
+from llmaas.openai.errors import to_openai_error
 from llmaas.tokenization import LocalFirstTokenizer, TokenizerPool
 
 
@@ -83,7 +84,38 @@ def test_local_errors_keep_their_openai_shape(minilm_path: Path):
     # a model without a chat template (an embedding model) gets the same 400 in-process as remotely
     plain = TokenizerPool({"gpt": minilm_path})
     local = LocalFirstTokenizer(plain, CountingRemote(plain), inline_max_chars=4096)
-    with pytest.raises(OpenAIError) as caught:
+    with pytest.raises(TokenizationError) as caught:
         asyncio.run(local.chat_template("gpt", [{"role": "user", "content": "a"}], True))
-    assert (caught.value.status, caught.value.code) == (400, "no_chat_template")
+    seen = to_openai_error(caught.value)
+    assert (seen.status, seen.code, seen.param) == (400, "no_chat_template", "model")
     assert local.inline_calls == 1
+
+
+def test_remote_errors_keep_their_shape_across_the_handle():
+    # the tokenizer deployment raises TokenizationError; Serve hands the router a RayTaskError
+    import pickle
+    from types import SimpleNamespace
+    from typing import Any
+
+    from ray.exceptions import RayTaskError
+
+    from llmaas.deployments.handles import HandleTokenizer
+
+    async def refusing(
+        model_id: str, messages: list[dict[str, str]], add_generation_prompt: bool
+    ) -> list[int]:
+        cause = TokenizationError(f"model '{model_id}' has no chat template", "model", "no_chat_template")
+        raise pickle.loads(
+            pickle.dumps(RayTaskError("chat_template", "traceback", cause))
+        ).as_instanceof_cause()
+
+    handle: Any = SimpleNamespace(chat_template=SimpleNamespace(remote=refusing))
+    with pytest.raises(TokenizationError) as caught:
+        asyncio.run(HandleTokenizer(handle).chat_template("gpt", [{"role": "user", "content": "a"}], True))
+    seen = to_openai_error(caught.value)
+    assert (seen.status, seen.code, seen.param, seen.message) == (
+        400,
+        "no_chat_template",
+        "model",
+        "model 'gpt' has no chat template",
+    )

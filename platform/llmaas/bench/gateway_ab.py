@@ -60,21 +60,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="bench-gateway")
     args = parser.parse_args(argv)
 
-    from ray import serve
-
-    from llmaas.cli import prepare
-    from llmaas.deployments import build_from_catalog
+    from llmaas.api import prepare
+    from llmaas.deploy import apply_catalog
     from llmaas.gateway.keys import KeyRequest, make_key
     from llmaas.gateway.store import open_store
-    from llmaas.launch import cpus_needed, start_platform, stop_platform, wait_running
+    from llmaas.launch import cpus_needed, start_platform, stop_platform, wait_catalog
 
     database = f"sqlite:///{Path(tempfile.mkdtemp(prefix='llmaas-gw-')) / 'gateway.db'}"
     plain, gated = _catalogs(args.model, database)
     prepare(plain)
     url = start_platform(plain, port=args.port, extra_cpus=cpus_needed(gated))
     try:
-        serve.run(build_from_catalog(gated), name="gated", route_prefix="/gated", blocking=False)
-        wait_running("gated", timeout_s=600)
+        # NOTE: deployed as `llmaas deploy` does (declaratively, beside "plain"): its own front and
+        # model applications, so the two share no replica.
+        apply_catalog(gated, route_prefix="/gated")
+        wait_catalog(gated, timeout_s=600)
         made = make_key(KeyRequest(name="bench"))
         store = open_store(database)
         store.create_key(made.key)

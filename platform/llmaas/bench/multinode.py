@@ -185,8 +185,8 @@ def worker_nodes(cluster: ClusterSpec) -> dict[str, int]:
 def running_replicas() -> int:
     from ray import serve
 
-    from llmaas.deploy import model_app_name
     from llmaas.launch import _bare
+    from llmaas.naming import model_app_name
 
     app = serve.status().applications.get(model_app_name(APP, MODEL))
     if app is None:

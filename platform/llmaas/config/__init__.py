@@ -13,8 +13,8 @@ from llmaas.config.catalog import (
     Task,
     TokenizerConfig,
     WorkerResources,
-    deployment_name,
 )
+from llmaas.naming import deployment_name
 
 __all__ = [
     "AutoscalingConfig",

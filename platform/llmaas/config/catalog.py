@@ -10,16 +10,19 @@ from __future__ import annotations
 import re
 from enum import Enum
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import ByteSize, Field, field_validator, model_validator
 
 from llmaas.config.base import BaseConfig
 from llmaas.config.gateway import GatewayConfig
+from llmaas.naming import deployment_name, pool_deployment_name
 
 MODEL_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 
-DemoModelName = Literal["tiny-llama-chat", "tiny-gpt2", "bench-llama", "all-minilm-l6-v2"]
+DemoModelName = Literal[
+    "tiny-llama-chat", "tiny-gpt2", "bench-llama", "all-minilm-l6-v2", "smollm2-135m-instruct"
+]
 DType = Literal["auto", "float32", "float16", "bfloat16"]
 
 
@@ -35,11 +38,20 @@ SERVED_TASKS = (Task.GENERATE, Task.EMBED)
 
 
 class ModelSource(BaseConfig):
-    """Where the weights come from: a local Hugging Face directory, or one of llmaas's demo models."""
+    """Where the weights come from: a local Hugging Face directory, a local GGUF file, or a demo model."""
 
     path: str | None = Field(
         default=None,
         description="A local directory in Hugging Face layout (config.json, weights, tokenizer files).",
+    )
+    gguf: str | None = Field(
+        default=None,
+        description=(
+            "An absolute path to a local GGUF file (llama.cpp's format; Llama, Mistral, Qwen2/3, Phi-3,"
+            " Gemma 2/3 and the other architectures transformers loads from GGUF). Dequantized to float"
+            " and saved once as a Hugging Face directory in cache_dir, keyed by the file's content hash;"
+            " the tokenizer and chat template come from its metadata."
+        ),
     )
     demo: DemoModelName | None = Field(
         default=None,
@@ -48,10 +60,10 @@ class ModelSource(BaseConfig):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ModelSource:
-        if (self.path is None) == (self.demo is None):
+        if sum(value is not None for value in (self.path, self.gguf, self.demo)) != 1:
             raise ValueError(
-                "source needs exactly one of 'path' (a local Hugging Face directory) or 'demo' "
-                "(one of: tiny-llama-chat, tiny-gpt2, all-minilm-l6-v2)"
+                "source needs exactly one of 'path' (a local Hugging Face directory), 'gguf' (a local GGUF "
+                f"file) or 'demo' (one of: {', '.join(get_args(DemoModelName))})"
             )
         return self
 
@@ -62,7 +74,25 @@ class ModelSource(BaseConfig):
             raise ValueError("source.path is empty: give the directory that holds config.json")
         return value
 
+    @field_validator("gguf")
+    @classmethod
+    def _gguf_file(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if not value.strip():
+            raise ValueError("source.gguf is empty: give the absolute path of a local .gguf file")
+        # NOTE: replicas and the tokenizer deployment resolve the source in Ray workers, whose
+        # working directory is not the caller's: a relative path would name another file there.
+        if not Path(value).expanduser().is_absolute():
+            raise ValueError(
+                f"source.gguf {value!r} is a relative path: model replicas run in other working "
+                "directories; give an absolute path (or one starting with ~/)"
+            )
+        return value
+
     def describe(self) -> str:
+        if self.gguf is not None:
+            return f"gguf:{self.gguf}"
         return f"demo:{self.demo}" if self.demo else f"path:{self.path}"
 
 
@@ -226,6 +256,33 @@ class WorkerResources(BaseConfig):
         return self.num_gpus > 0
 
 
+ENGINE_PATH_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+class EngineSelection(BaseConfig):
+    """Which ``llmaas.engine.Engine`` subclass serves a model, and its own arguments."""
+
+    cls: str = Field(
+        description=(
+            "Import path 'module:Class' of an llmaas.engine.Engine subclass, "
+            "e.g. llmaas.engine.fake:FakeEngine."
+        )
+    )
+    args: dict[str, float | int | str | bool] = Field(
+        default_factory=dict, description="Keyword arguments the engine class reads (its own settings)."
+    )
+
+    @field_validator("cls")
+    @classmethod
+    def _import_path(cls, value: str) -> str:
+        if not ENGINE_PATH_PATTERN.fullmatch(value):
+            raise ValueError(
+                f"engine.cls {value!r} is not an import path: write 'package.module:ClassName', "
+                "e.g. llmaas.engine.fake:FakeEngine"
+            )
+        return value
+
+
 class ModelSpec(BaseConfig):
     """One catalog entry: one model, served by one Serve deployment."""
 
@@ -245,6 +302,13 @@ class ModelSpec(BaseConfig):
         default=False, description="DeepSpeed kernel injection (GPU and supported architectures only)."
     )
     description: str = Field(default="", description="Shown in /v1/models.")
+    engine: EngineSelection | None = Field(
+        default=None,
+        description=(
+            "The inference backend; left out: DeepSpeed for generate, the embedding engine for embed."
+            " Tests and load tests name llmaas.engine.fake:FakeEngine (no weights run)."
+        ),
+    )
     pool: str | None = Field(
         default=None,
         description=(
@@ -252,6 +316,18 @@ class ModelSpec(BaseConfig):
             " few replicas, loaded on demand, least recently used evicted); the pool sizes it."
         ),
     )
+
+    @field_validator("dtype", mode="before")
+    @classmethod
+    def _no_int8(cls, value: object) -> object:
+        # NOTE: checked before the literal so that an int8 request gets the reason, not a list of choices.
+        if isinstance(value, str) and "int8" in value.lower():
+            raise ValueError(
+                f"dtype {value!r} is not offered: DeepSpeed 0.19's init_inference(dtype=torch.int8) raises "
+                "before converting any weight, so llmaas cannot serve int8 yet; use 'float32' or "
+                "'bfloat16' (CPU), or 'float16' or 'bfloat16' (GPU)"
+            )
+        return value
 
     @field_validator("id")
     @classmethod
@@ -440,13 +516,3 @@ class Catalog(BaseConfig):
     @property
     def cache_path(self) -> Path:
         return Path(self.cache_dir).expanduser()
-
-
-def deployment_name(model_id: str) -> str:
-    """The Serve deployment name of a model: ``model-`` + the id with separators flattened."""
-    return "model-" + re.sub(r"[^A-Za-z0-9_-]", "_", model_id)
-
-
-def pool_deployment_name(pool: str) -> str:
-    """The Serve deployment name of a multiplexed pool."""
-    return f"pool-{pool}"

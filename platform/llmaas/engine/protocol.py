@@ -1,7 +1,10 @@
 """The engine contract: what a ModelReplica needs from an inference backend.
 
-Deployments depend on this class only; the DeepSpeed backend implements it, and tests hand
-in fakes through the replica's keyword-only ``engine_cls`` argument.
+Deployments depend on this class only; the DeepSpeed backend implements it. A catalog entry
+chooses another implementation with ``engine: {cls: "module:Class", args: {...}}`` (Serve-layer
+tests and load tests name ``llmaas.engine.fake:FakeEngine``), which every builder path honours;
+code that makes a ``ModelReplica`` itself can also hand one in through its keyword-only
+``engine_cls`` argument.
 """
 
 from __future__ import annotations

@@ -34,10 +34,12 @@ def database_url(args: argparse.Namespace) -> str | None:
     """``--database``, else the catalog's gateway database; prints why not and returns None."""
     if args.database:
         return str(args.database)
-    from llmaas.cli import load_checked_catalog
+    from llmaas.api import CatalogError, load_catalog
 
-    catalog = load_checked_catalog(args.catalog)
-    if catalog is None:
+    try:
+        catalog = load_catalog(args.catalog)
+    except CatalogError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return None
     if catalog.gateway is None:
         print(

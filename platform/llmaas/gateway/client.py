@@ -2,7 +2,9 @@
 
 ``GatewayClient`` wraps the gateway deployment's handle. Rows go out as soon as a request ends
 (``record``, called by the service's trace); the router then ``settle``s the request, waiting
-for its row to be committed before it sends the last byte of the response.
+for its row to be committed before it sends the last byte of the response. A caller refused
+raises ``AuthError`` (a 401), ``Forbidden`` (403) or ``RateLimited`` (429) from ``llmaas.errors``;
+the API layer answers them in OpenAI's shape.
 """
 
 from __future__ import annotations
@@ -12,11 +14,11 @@ import logging
 import time
 from typing import Any
 
-from llmaas.gateway.keys import hash_secret, well_formed
+from llmaas.errors import AuthError, Forbidden, RateLimited
+from llmaas.gateway.keys import ApiKey, KeyRequest, NewKey, hash_secret, well_formed
 from llmaas.gateway.service import Admission
-from llmaas.gateway.store import UsageRow
+from llmaas.gateway.store import UsageRow, UsageSummary
 from llmaas.metrics import RequestRecord, RequestRecorder
-from llmaas.openai.errors import OpenAIError
 
 logger = logging.getLogger("ray.serve")
 
@@ -24,14 +26,10 @@ logger = logging.getLogger("ray.serve")
 SETTLE_TIMEOUT_S = 30.0
 
 
-def unauthorized(message: str, code: str = "invalid_api_key") -> OpenAIError:
-    return OpenAIError(401, message, code=code, headers={"WWW-Authenticate": 'Bearer realm="llmaas"'})
-
-
 def bearer_secret(authorization: str | None) -> str:
-    """The key in ``Authorization: Bearer KEY``, or a 401 saying what is wrong."""
+    """The key in ``Authorization: Bearer KEY``; an ``AuthError`` saying what is wrong otherwise."""
     if not authorization:
-        raise unauthorized(
+        raise AuthError(
             "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY' "
             "(the openai client's api_key).",
             code="missing_api_key",
@@ -39,20 +37,21 @@ def bearer_secret(authorization: str | None) -> str:
     scheme, _, secret = authorization.strip().partition(" ")
     secret = secret.strip()
     if scheme.lower() != "bearer" or not secret:
-        raise unauthorized("The Authorization header must be 'Bearer YOUR_KEY'.", code="invalid_api_key")
+        raise AuthError("The Authorization header must be 'Bearer YOUR_KEY'.", code="invalid_api_key")
     if not well_formed(secret):
-        raise unauthorized("Incorrect API key provided. Ask your operator for a key.")
+        raise AuthError("Incorrect API key provided. Ask your operator for a key.")
     return secret
 
 
 def raise_refusal(admission: Admission) -> None:
+    """Raise the gateway's refusal as a domain error; return when it admitted the caller."""
     if admission.ok:
         return
     if admission.status == 401:
-        raise unauthorized(admission.message, admission.code or "invalid_api_key")
-    headers = {"Retry-After": str(admission.retry_after_s)} if admission.retry_after_s else None
-    kind = "rate_limit_error" if admission.status == 429 else "permission_error"
-    raise OpenAIError(admission.status, admission.message, type=kind, code=admission.code, headers=headers)
+        raise AuthError(admission.message, admission.code or "invalid_api_key")
+    if admission.status == 429:
+        raise RateLimited(admission.message, admission.code, admission.retry_after_s)
+    raise Forbidden(admission.message, admission.code)
 
 
 class GatewayClient(RequestRecorder):
@@ -67,20 +66,36 @@ class GatewayClient(RequestRecorder):
     async def authorize(
         self, authorization: str | None, model: str | None, *, admin: bool = False
     ) -> str | None:
-        """The caller's key id (None with auth off); raises the 401/403/429 to send otherwise."""
+        """The caller's key id (None with auth off); raises ``AuthError``, ``Forbidden`` or
+        ``RateLimited`` otherwise."""
         if not self.auth and not admin:
             return None
         if not self.auth:
-            raise OpenAIError(
-                403,
+            raise Forbidden(
                 "Admin routes need API keys: set gateway.auth: true in the catalog and use an admin key.",
-                type="permission_error",
                 code="auth_disabled",
             )
         secret = bearer_secret(authorization)
         admission: Admission = await self.handle.admit.remote(hash_secret(secret), model, admin=admin)
         raise_refusal(admission)
         return admission.key_id
+
+    # ---- keys and usage (the admin API) ------------------------------------------------------
+    async def create_key(self, request: KeyRequest) -> NewKey:
+        made: NewKey = await self.handle.create_key.remote(request)
+        return made
+
+    async def list_keys(self) -> list[ApiKey]:
+        keys: list[ApiKey] = await self.handle.list_keys.remote()
+        return keys
+
+    async def revoke_key(self, key_id: str) -> bool:
+        """Whether an active key had the id ``key_id`` (it is revoked now)."""
+        return bool(await self.handle.revoke_key.remote(key_id))
+
+    async def usage(self, since: float = 0.0) -> list[UsageSummary]:
+        rows: list[UsageSummary] = await self.handle.usage.remote(since)
+        return rows
 
     # ---- ledger --------------------------------------------------------------------------------
     def record(self, record: RequestRecord) -> None:

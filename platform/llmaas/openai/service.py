@@ -18,10 +18,9 @@ from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 from llmaas.config.catalog import Catalog, ModelSpec, Task
-from llmaas.engine.errors import EngineError, EngineNotReady, EngineOverloaded, UnsupportedTask
 from llmaas.engine.types import FinishReason, GenerationChunk, GenerationRequest, ModelInfo
 from llmaas.metrics import UNKNOWN_MODEL, RequestRecorder, RequestTrace, default_request_recorder
-from llmaas.openai.errors import OpenAIError, bad_request, internal, model_not_found, unavailable
+from llmaas.openai.errors import OpenAIError, bad_request, internal, known_error, model_not_found
 from llmaas.openai.protocol import (
     AssistantMessage,
     ChatChoice,
@@ -168,19 +167,14 @@ class OpenAIService:
         return ModelList(data=cards)
 
     async def _call(self, awaitable: Awaitable[T]) -> T:
-        """Await a model call, turning engine failures into OpenAI errors."""
+        """Await a model or tokenizer call, turning engine and domain errors into OpenAI errors."""
         try:
             return await awaitable
-        except OpenAIError:
-            raise
-        except EngineOverloaded as exc:
-            raise unavailable(str(exc)) from exc
-        except EngineNotReady as exc:
-            raise unavailable(str(exc), retry_after_s=5, code="model_not_ready") from exc
-        except UnsupportedTask as exc:
-            raise bad_request(str(exc), param="model", code="wrong_task") from exc
-        except EngineError as exc:
-            raise internal(str(exc)) from exc
+        except Exception as exc:
+            mapped = known_error(exc)
+            if mapped is None or mapped is exc:
+                raise
+            raise mapped from exc
 
     # ---- generation ----------------------------------------------------------------------------
     async def _prepare(

@@ -1,0 +1,197 @@
+"""The OpenAI API's front door: who calls, what they sent, and the one service call that answers.
+
+``OpenAIFrontend`` sits between a transport and ``OpenAIService``. For HTTP it tags the request
+with its id, checks the caller's key (the gateway), reads and validates the JSON body, and counts
+a refused body in the request metrics; for Python callers over a Serve handle it takes typed
+requests and answers typed responses, or an ``ErrorResult`` in place of a raise. Either way the
+request's ledger row is settled before the caller has the answer. No Starlette and no Ray here:
+the router adapts a ``Request`` into a ``Caller`` and the body's byte chunks.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from pydantic import BaseModel
+
+from llmaas.gateway.client import GatewayClient
+from llmaas.metrics import current_request_id, set_request_id
+from llmaas.openai.body import parse, read_json
+from llmaas.openai.errors import OpenAIError, known_error, model_not_found, to_openai_error
+from llmaas.openai.protocol import (
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    ErrorResult,
+    ModelCard,
+    ModelList,
+)
+from llmaas.openai.service import ROUTE_CHAT, ROUTE_COMPLETIONS, ROUTE_EMBEDDINGS, OpenAIService
+
+logger = logging.getLogger("ray.serve")
+
+M = TypeVar("M", bound=BaseModel)
+R = TypeVar("R", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """What the front door needs to know of an HTTP caller (its headers)."""
+
+    authorization: str | None = None
+    request_id: str | None = None  # X-Request-Id
+
+
+def failure(exc: BaseException, what: str = "request failed") -> OpenAIError:
+    """``exc`` as the client sees it; an unexpected one (a bug) is logged with its traceback."""
+    known = known_error(exc)
+    if known is not None:
+        return known
+    logger.exception(what)
+    return to_openai_error(exc)
+
+
+class OpenAIFrontend:
+    """One per router replica and catalog; ``gateway`` is None without a gateway section."""
+
+    def __init__(self, service: OpenAIService, gateway: GatewayClient | None = None) -> None:
+        self.service = service
+        self.gateway = gateway
+
+    async def authorize(self, caller: Caller, model: object) -> str | None:
+        """The caller's key id (None: auth is off); raises the gateway's refusal."""
+        if self.gateway is None:
+            return None
+        return await self.gateway.authorize(caller.authorization, model if isinstance(model, str) else None)
+
+    # ---- the ledger ----------------------------------------------------------------------------
+    async def settle(self, request_id: str | None = None) -> None:
+        """Wait until the current request's (or ``request_id``'s) ledger row is committed."""
+        if self.gateway is not None:
+            await self.gateway.settle(request_id or current_request_id())
+
+    def settler(self) -> Callable[[], Awaitable[None]]:
+        """The current request's ``settle``, for a stream that ends in another task."""
+        request_id = current_request_id()
+        return lambda: self.settle(request_id)
+
+    # ---- HTTP ------------------------------------------------------------------------------------
+    async def read(self, route: str, model: type[M], caller: Caller, body: AsyncIterable[bytes]) -> M:
+        """The request, validated; the key is checked first. A refusal is counted in the metrics."""
+        # NOTE: Serve's proxy takes X-Request-Id from the client (or makes one) and echoes it in the
+        # response; the request log and metrics carry the same id.
+        request_id = caller.request_id or uuid.uuid4().hex
+        set_request_id(request_id)
+        try:
+            try:
+                data, unreadable = await read_json(body), None
+            except OpenAIError as exc:
+                data, unreadable = None, exc
+            # NOTE: the key is checked before the body: a caller without a valid key learns nothing.
+            model_id = data.get("model") if isinstance(data, dict) else None
+            set_request_id(request_id, await self.authorize(caller, model_id))
+            if unreadable is not None:
+                raise unreadable
+        except Exception as exc:
+            refused = known_error(exc)
+            if refused is not None:
+                self.service.record_refused(route, None, refused)
+            raise
+        try:
+            return parse(model, data)
+        except OpenAIError as exc:
+            self.service.record_refused(route, data.get("model") if isinstance(data, dict) else None, exc)
+            raise
+
+    async def list_models(self, caller: Caller) -> ModelList:
+        await self.authorize(caller, None)
+        return await self.service.list_models()
+
+    async def get_model(self, caller: Caller, model_id: str) -> ModelCard:
+        await self.authorize(caller, None)
+        for card in (await self.service.list_models()).data:
+            if card.id == model_id:
+                return card
+        raise model_not_found(model_id, [m.id for m in self.service.catalog.models])
+
+    async def create_completion(
+        self, caller: Caller, body: AsyncIterable[bytes]
+    ) -> CompletionResponse | AsyncIterator[CompletionResponse]:
+        request = await self.read(ROUTE_COMPLETIONS, CompletionRequest, caller, body)
+        if request.stream:
+            return await self.service.completion_stream(request)
+        return await self.service.completion(request)
+
+    async def create_chat_completion(
+        self, caller: Caller, body: AsyncIterable[bytes]
+    ) -> ChatCompletionResponse | AsyncIterator[ChatCompletionChunk]:
+        request = await self.read(ROUTE_CHAT, ChatCompletionRequest, caller, body)
+        if request.stream:
+            return await self.service.chat_stream(request)
+        return await self.service.chat(request)
+
+    async def create_embedding(self, caller: Caller, body: AsyncIterable[bytes]) -> EmbeddingResponse:
+        request = await self.read(ROUTE_EMBEDDINGS, EmbeddingRequest, caller, body)
+        return await self.service.embeddings(request)
+
+    # ---- handles (llmaas.client) -------------------------------------------------------------
+    # NOTE: handle callers run inside the Ray cluster, so they need no API key; the ledger records
+    # their requests with no key id. Their requests arrive validated (pydantic objects), and a
+    # unary call's ``stream`` (a streaming call's) is forced off (on).
+    async def models(self) -> ModelList | ErrorResult:
+        return await self._unary(self.service.list_models)
+
+    async def completion(self, request: CompletionRequest) -> CompletionResponse | ErrorResult:
+        return await self._unary(lambda: self.service.completion(_streaming(request, False)))
+
+    async def chat(self, request: ChatCompletionRequest) -> ChatCompletionResponse | ErrorResult:
+        return await self._unary(lambda: self.service.chat(_streaming(request, False)))
+
+    async def embeddings(self, request: EmbeddingRequest) -> EmbeddingResponse | ErrorResult:
+        return await self._unary(lambda: self.service.embeddings(request))
+
+    def completion_stream(
+        self, request: CompletionRequest
+    ) -> AsyncIterator[CompletionResponse | ErrorResult]:
+        return self._stream(lambda: self.service.completion_stream(_streaming(request, True)))
+
+    def chat_stream(self, request: ChatCompletionRequest) -> AsyncIterator[ChatCompletionChunk | ErrorResult]:
+        return self._stream(lambda: self.service.chat_stream(_streaming(request, True)))
+
+    async def _unary(self, call: Callable[[], Awaitable[R]]) -> R | ErrorResult:
+        set_request_id(uuid.uuid4().hex)
+        try:
+            return await call()
+        except Exception as exc:
+            return failure(exc, "handle call failed").result()
+        finally:
+            await self.settle()
+
+    async def _stream(
+        self, opening: Callable[[], Awaitable[AsyncIterator[R]]]
+    ) -> AsyncIterator[R | ErrorResult]:
+        """The chunks; an error (before the first chunk or after) is the last item."""
+        set_request_id(uuid.uuid4().hex)
+        settle = self.settler()
+        try:
+            async for chunk in await opening():
+                yield chunk
+        except Exception as exc:
+            yield failure(exc, "handle stream failed").result()
+        await settle()
+
+
+def _streaming(request: M, stream: bool) -> M:
+    """``request`` with ``stream`` set (and ``stream_options`` dropped with it off)."""
+    if getattr(request, "stream", stream) == stream:
+        return request
+    update: dict[str, object] = {"stream": stream} if stream else {"stream": False, "stream_options": None}
+    return request.model_copy(update=update)

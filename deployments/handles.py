@@ -70,6 +70,14 @@ class HandleTokenizer:
         )
         return result
 
+    async def token_strings(self, model_id: str, ids: list[int]) -> list[str]:
+        result: list[str] = await _await(lambda: self._handle.token_strings.remote(model_id, ids))
+        return result
+
+    async def decode(self, model_id: str, ids: list[int], skip_special_tokens: bool) -> str:
+        result: str = await _await(lambda: self._handle.decode.remote(model_id, ids, skip_special_tokens))
+        return result
+
 
 class HandleCatalogAdmin:
     """The catalog-admin deployment (``llmaas.deployments.catalog_admin``) as the admin API calls it."""

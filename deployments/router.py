@@ -7,8 +7,9 @@ response here (a JSON body, server-sent events, or an error in OpenAI's shape):
 deployment (``admin``); the router itself never redeploys anything.
 
 Handle callers (``llmaas.client``) call ``models``, ``completion``, ``chat``, ``embeddings``,
-``completion_stream`` and ``chat_stream`` with pydantic requests and get pydantic responses, or
-an ``ErrorResult`` (the status and OpenAI's error body) in place of a raise.
+``tokenize``, ``detokenize``, ``completion_stream`` and ``chat_stream`` with pydantic requests
+and get pydantic responses, or an ``ErrorResult`` (the status and OpenAI's error body) in place
+of a raise.
 """
 
 # NOTE: no ``from __future__ import annotations``: Serve's ``@serve.ingress`` rewrites each
@@ -35,19 +36,24 @@ from llmaas.gateway.client import GatewayClient
 from llmaas.metrics import FanOut, default_request_recorder
 from llmaas.openai.errors import OpenAIError, bad_request
 from llmaas.openai.frontend import Caller, OpenAIFrontend, failure
+from llmaas.openai.openapi import openapi_body, openapi_responses
 from llmaas.openai.protocol import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChatCompletionResponse,
     CompletionRequest,
     CompletionResponse,
+    DetokenizeRequest,
+    DetokenizeResponse,
     EmbeddingRequest,
     EmbeddingResponse,
     ErrorResult,
     ModelCard,
     ModelList,
-    openapi_body,
-    openapi_responses,
+    TokenizeChatRequest,
+    TokenizeCompletionRequest,
+    TokenizeRequest,
+    TokenizeResponse,
 )
 from llmaas.openai.service import OpenAIService
 from llmaas.openai.sse import MEDIA_TYPE, sse
@@ -75,7 +81,8 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
     message = (
         f"Unknown route {request.method} {request.url.path}. Routes: GET /v1/models, POST /v1/completions, "
-        "POST /v1/chat/completions, POST /v1/embeddings, GET /health, GET /ready, GET /playground."
+        "POST /v1/chat/completions, POST /v1/embeddings, POST /tokenize, POST /detokenize, GET /health, "
+        "GET /ready, GET /playground."
         if exc.status_code == 404
         else str(exc.detail)
     )
@@ -256,6 +263,23 @@ class Router:
     async def create_embedding(self, request: Request) -> Response:
         return await self._respond(lambda s: s.front.create_embedding(_caller(request), request.stream()))
 
+    # NOTE: vLLM's tokenizer routes, outside /v1 as in vLLM
+    @app.post(
+        "/tokenize",
+        openapi_extra=openapi_body(TokenizeCompletionRequest, TokenizeChatRequest),
+        responses=openapi_responses(TokenizeResponse),
+    )
+    async def create_tokenize(self, request: Request) -> Response:
+        return await self._respond(lambda s: s.front.create_tokenize(_caller(request), request.stream()))
+
+    @app.post(
+        "/detokenize",
+        openapi_extra=openapi_body(DetokenizeRequest),
+        responses=openapi_responses(DetokenizeResponse),
+    )
+    async def create_detokenize(self, request: Request) -> Response:
+        return await self._respond(lambda s: s.front.create_detokenize(_caller(request), request.stream()))
+
     # ---- admin (API keys, usage, the catalog); needs an admin key ----------------------------------
     @app.post("/admin/keys")
     async def create_key(self, request: Request) -> Response:
@@ -306,6 +330,12 @@ class Router:
 
     async def embeddings(self, request: EmbeddingRequest) -> EmbeddingResponse | ErrorResult:
         return await self.serving.front.embeddings(request)
+
+    async def tokenize(self, request: TokenizeRequest) -> TokenizeResponse | ErrorResult:
+        return await self.serving.front.tokenize(request)
+
+    async def detokenize(self, request: DetokenizeRequest) -> DetokenizeResponse | ErrorResult:
+        return await self.serving.front.detokenize(request)
 
     async def completion_stream(
         self, request: CompletionRequest

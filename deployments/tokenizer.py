@@ -1,4 +1,4 @@
-"""Tokenizer deployment: encoding and chat templates for every catalog model.
+"""Tokenizer deployment: encoding, chat templates, token strings and decoding for every catalog model.
 
 A conversation a model cannot render raises ``llmaas.errors.TokenizationError``; it pickles, so the
 router's handle (``llmaas.deployments.handles.HandleTokenizer``) re-raises it as itself.
@@ -35,3 +35,9 @@ class Tokenizer:
         self, model_id: str, messages: list[dict[str, str]], add_generation_prompt: bool = True
     ) -> list[int]:
         return self.pool.chat_template(model_id, messages, add_generation_prompt)
+
+    def token_strings(self, model_id: str, ids: list[int]) -> list[str]:
+        return self.pool.token_strings(model_id, ids)
+
+    def decode(self, model_id: str, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return self.pool.decode(model_id, ids, skip_special_tokens)

@@ -8,15 +8,22 @@
     for chunk in client.stream_chat("smollm2-135m-instruct", [{"role": "user", "content": "Hi"}]):
         print(chunk.choices[0].delta.content or "", end="")
     vectors = client.embed("all-minilm-l6-v2", ["a sentence", "another"]).data
+    batch = client.complete("smollm2-135m-instruct", ["One,", "Two,"], max_tokens=4, logprobs=1)
+    ids = client.tokenize("smollm2-135m-instruct", "Hello").tokens
+    text = client.detokenize("smollm2-135m-instruct", ids).prompt
 
 Every method has an ``a``-prefixed async twin (``await client.achat(...)``,
 ``async for chunk in client.astream_chat(...)``). Errors raise ``LLMError`` with the same
 status, type and param as the HTTP API; a request that fails validation raises it here, before
 any call, with the message the HTTP API gives.
 
+Keyword arguments are the HTTP API's request fields (``logprobs``, ``echo``, ``logit_bias``,
+penalties, ``n``, ...); ``complete`` takes a prompt or a list of them, as ``/v1/completions`` does.
+
 The router's typed handle API underneath: ``models()``, ``completion(CompletionRequest)``,
-``chat(ChatCompletionRequest)``, ``embeddings(EmbeddingRequest)``, ``completion_stream(...)`` and
-``chat_stream(...)``: pydantic requests in, pydantic responses (or an ``ErrorResult``) out.
+``chat(ChatCompletionRequest)``, ``embeddings(EmbeddingRequest)``, ``tokenize(TokenizeRequest)``,
+``detokenize(DetokenizeRequest)``, ``completion_stream(...)`` and ``chat_stream(...)``: pydantic
+requests in, pydantic responses (or an ``ErrorResult``) out.
 """
 
 from __future__ import annotations
@@ -33,11 +40,20 @@ from llmaas.openai.protocol import (
     ChatCompletionResponse,
     CompletionRequest,
     CompletionResponse,
+    DetokenizeRequest,
+    DetokenizeResponse,
     EmbeddingRequest,
     EmbeddingResponse,
     ErrorResult,
     ModelList,
+    TokenizeChatRequest,
+    TokenizeCompletionRequest,
+    TokenizeRequest,
+    TokenizeResponse,
 )
+
+#: A completion prompt: text, texts, token ids, or lists of token ids (as /v1/completions takes).
+Prompt = str | list[str] | list[int] | list[list[int]]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -72,9 +88,7 @@ def _request(cls: type[M], body: dict[str, Any]) -> M:
         raise LLMError(error.status, error.message, error.type, error.param, error.code) from exc
 
 
-def _completion(
-    model: str, prompt: str | list[int], params: dict[str, Any], stream: bool
-) -> CompletionRequest:
+def _completion(model: str, prompt: Prompt, params: dict[str, Any], stream: bool) -> CompletionRequest:
     return _request(CompletionRequest, {"model": model, "prompt": prompt, **params, "stream": stream})
 
 
@@ -86,6 +100,20 @@ def _chat(
 
 def _embedding(model: str, input: str | list[str], params: dict[str, Any]) -> EmbeddingRequest:
     return _request(EmbeddingRequest, {"model": model, "input": input, **params})
+
+
+def _tokenize(
+    model: str, prompt: str | None, messages: list[dict[str, Any]] | None, params: dict[str, Any]
+) -> TokenizeRequest:
+    if (prompt is None) == (messages is None):
+        raise TypeError("tokenize takes a prompt or messages (one of them)")
+    if messages is not None:
+        return _request(TokenizeChatRequest, {"model": model, "messages": messages, **params})
+    return _request(TokenizeCompletionRequest, {"model": model, "prompt": prompt, **params})
+
+
+def _detokenize(model: str, tokens: list[int]) -> DetokenizeRequest:
+    return _request(DetokenizeRequest, {"model": model, "tokens": tokens})
 
 
 class LLMClient:
@@ -118,7 +146,7 @@ class LLMClient:
         reply: ModelList = self._call("models")
         return reply
 
-    def complete(self, model: str, prompt: str | list[int], **params: Any) -> CompletionResponse:
+    def complete(self, model: str, prompt: Prompt, **params: Any) -> CompletionResponse:
         reply: CompletionResponse = self._call("completion", _completion(model, prompt, params, False))
         return reply
 
@@ -130,9 +158,23 @@ class LLMClient:
         reply: EmbeddingResponse = self._call("embeddings", _embedding(model, input, params))
         return reply
 
-    def stream_complete(
-        self, model: str, prompt: str | list[int], **params: Any
-    ) -> Iterator[CompletionResponse]:
+    def tokenize(
+        self,
+        model: str,
+        prompt: str | None = None,
+        *,
+        messages: list[dict[str, Any]] | None = None,
+        **params: Any,
+    ) -> TokenizeResponse:
+        """A prompt's token ids (or, with ``messages``, a chat's as the chat template renders it)."""
+        reply: TokenizeResponse = self._call("tokenize", _tokenize(model, prompt, messages, params))
+        return reply
+
+    def detokenize(self, model: str, tokens: list[int]) -> DetokenizeResponse:
+        reply: DetokenizeResponse = self._call("detokenize", _detokenize(model, tokens))
+        return reply
+
+    def stream_complete(self, model: str, prompt: Prompt, **params: Any) -> Iterator[CompletionResponse]:
         request = _completion(model, prompt, params, True)
         return self._iter("completion_stream", request)
 
@@ -156,7 +198,7 @@ class LLMClient:
         reply: ModelList = await self._acall("models")
         return reply
 
-    async def acomplete(self, model: str, prompt: str | list[int], **params: Any) -> CompletionResponse:
+    async def acomplete(self, model: str, prompt: Prompt, **params: Any) -> CompletionResponse:
         reply: CompletionResponse = await self._acall("completion", _completion(model, prompt, params, False))
         return reply
 
@@ -170,8 +212,23 @@ class LLMClient:
         reply: EmbeddingResponse = await self._acall("embeddings", _embedding(model, input, params))
         return reply
 
+    async def atokenize(
+        self,
+        model: str,
+        prompt: str | None = None,
+        *,
+        messages: list[dict[str, Any]] | None = None,
+        **params: Any,
+    ) -> TokenizeResponse:
+        reply: TokenizeResponse = await self._acall("tokenize", _tokenize(model, prompt, messages, params))
+        return reply
+
+    async def adetokenize(self, model: str, tokens: list[int]) -> DetokenizeResponse:
+        reply: DetokenizeResponse = await self._acall("detokenize", _detokenize(model, tokens))
+        return reply
+
     def astream_complete(
-        self, model: str, prompt: str | list[int], **params: Any
+        self, model: str, prompt: Prompt, **params: Any
     ) -> AsyncIterator[CompletionResponse]:
         request = _completion(model, prompt, params, True)
         return self._aiter("completion_stream", request)

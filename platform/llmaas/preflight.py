@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -65,6 +66,7 @@ def check_model(spec: ModelSpec) -> list[str]:
     gguf, problems = _gguf_checks(spec)
     if problems:
         return problems
+    problems += _runtime_checks(spec)
     arch, config = _architecture(spec, gguf)
     if spec.task is Task.GENERATE and spec.source.demo == "all-minilm-l6-v2":
         problems.append(f"model {spec.id!r}: all-minilm-l6-v2 is an embedding model; set task: embed")
@@ -84,6 +86,24 @@ def check_model(spec: ModelSpec) -> list[str]:
                     f"model {spec.id!r}: {key}={heads} does not split across tensor_parallel_size={tp}; "
                     "use a divisor of it"
                 )
+    return problems
+
+
+def _runtime_checks(spec: ModelSpec) -> list[str]:
+    """What the replica will import: the engine class the entry names, the quantization library."""
+    problems: list[str] = []
+    if spec.engine is not None:
+        from llmaas.engine import import_engine_cls
+
+        try:
+            import_engine_cls(spec.engine.cls)
+        except ValueError as exc:
+            problems.append(f"model {spec.id!r}: {exc}")
+    if spec.quantization != "none" and importlib.util.find_spec("torchao") is None:
+        problems.append(
+            f"model {spec.id!r}: quantization {spec.quantization!r} needs torchao: "
+            "pip install 'llmaas[quant]' (or set quantization: none)"
+        )
     return problems
 
 

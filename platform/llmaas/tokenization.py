@@ -1,4 +1,5 @@
-"""Tokenizers for every catalog model: encoding and chat templates (transformers does the work).
+"""Tokenizers for every catalog model: encoding, chat templates, token strings and decoding
+(transformers does the work).
 
 A conversation a model cannot render raises ``TokenizationError`` (the API answers it with a 400).
 """
@@ -64,8 +65,19 @@ class TokenizerPool:
         # NOTE: the template already writes any BOS it wants; adding special tokens would double it.
         return list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
 
-    def decode(self, model_id: str, ids: list[int]) -> str:
-        return str(self.get(model_id).decode(ids, skip_special_tokens=True))
+    def decode(self, model_id: str, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return str(self.get(model_id).decode(ids, skip_special_tokens=skip_special_tokens))
+
+    def token_strings(self, model_id: str, ids: list[int]) -> list[str]:
+        """Each token's text on its own, special tokens included: what logprobs and /tokenize show.
+
+        NOTE: each id is decoded alone (as vLLM does): a byte-level token holding part of a
+        multi-byte character reads as U+FFFD; an id outside the tokenizer's vocabulary as "".
+        """
+        if not ids:
+            return []
+        tokenizer = self.get(model_id)
+        return [str(text) for text in tokenizer.batch_decode([[i] for i in ids], skip_special_tokens=False)]
 
 
 def load_pool(catalog: Catalog) -> TokenizerPool:
@@ -88,6 +100,10 @@ class RemoteTokenizer(Protocol):
         self, model_id: str, messages: list[dict[str, str]], add_generation_prompt: bool
     ) -> list[int]: ...
 
+    async def token_strings(self, model_id: str, ids: list[int]) -> list[str]: ...
+
+    async def decode(self, model_id: str, ids: list[int], skip_special_tokens: bool) -> str: ...
+
 
 class LocalFirstTokenizer:
     """Tokenizes short inputs in the caller's process and sends long ones to the tokenizer deployment.
@@ -95,7 +111,8 @@ class LocalFirstTokenizer:
     NOTE: a hop to another deployment costs milliseconds on every request (measured ~4 ms
     here), while a fast tokenizer encodes a short prompt in tens of microseconds; offloading
     pays only for inputs big enough to block the router's event loop. TGI and vLLM tokenize in
-    their API process for the same reason.
+    their API process for the same reason. Token ids going the other way (token strings,
+    decoding) count one character each against the same limit.
     """
 
     def __init__(self, pool: TokenizerPool, remote: RemoteTokenizer, *, inline_max_chars: int) -> None:
@@ -125,3 +142,13 @@ class LocalFirstTokenizer:
         if self._inline(model_id, chars):
             return self.pool.chat_template(model_id, messages, add_generation_prompt)
         return await self.remote.chat_template(model_id, messages, add_generation_prompt)
+
+    async def token_strings(self, model_id: str, ids: list[int]) -> list[str]:
+        if self._inline(model_id, len(ids)):
+            return self.pool.token_strings(model_id, ids)
+        return await self.remote.token_strings(model_id, ids)
+
+    async def decode(self, model_id: str, ids: list[int], skip_special_tokens: bool) -> str:
+        if self._inline(model_id, len(ids)):
+            return self.pool.decode(model_id, ids, skip_special_tokens)
+        return await self.remote.decode(model_id, ids, skip_special_tokens)

@@ -50,11 +50,11 @@ def test_unknown_model_is_404_listing_served_models(http, path):
         ({"seed": "abc"}, "seed"),
         ({"stream": "yes"}, "stream"),
         ({"unknown_field": 1}, "unknown_field"),
-        ({"logprobs": 3}, "logprobs"),
-        ({"frequency_penalty": 1.0}, "frequency_penalty"),
+        ({"logprobs": 6}, "logprobs"),
+        ({"frequency_penalty": 3}, "frequency_penalty"),
         ({"prompt": []}, "prompt"),
-        ({"prompt": ["a", "b"]}, "prompt"),
-        ({"echo": True}, "echo"),
+        ({"presence_penalty": -2.5}, "presence_penalty"),
+        ({"echo": "yes"}, "echo"),
         ({"stream_options": {"include_usage": True}}, "(none)"),
     ],
 )
@@ -71,7 +71,7 @@ def test_invalid_completion_parameters_are_400_naming_the_field(http, body, para
         ({"messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
         ({"messages": [{"content": "x"}]}, "messages[0].role"),
         ({"messages": "hello"}, "messages"),
-        ({"max_tokens": 5, "max_completion_tokens": 5}, "(none)"),
+        ({"max_tokens": 5, "max_completion_tokens": 6}, "max_completion_tokens"),
         ({"tools": [{"type": "function"}]}, "tools"),
         ({"response_format": {"type": "json_object"}}, "response_format"),
         (
@@ -174,5 +174,5 @@ def test_health_and_readiness(http):
     ready = http.get("/ready")
     assert ready.status_code == 200
     assert ready.json()["models"] == {
-        m: "ready" for m in ("tiny-llama", "tiny-llama-tp2", "tiny-gpt2", "minilm")
+        m: "ready" for m in ("tiny-llama", "tiny-llama-tp2", "tiny-gpt2", "minilm", "tiny-gguf", "smollm2")
     }

@@ -347,7 +347,7 @@ def test_clients_leaving_at_once_free_every_slot_and_full_batches_run_again(faul
     async def hold(client: httpx.AsyncClient, i: int) -> None:
         body = completion(LOAD_MODEL, 400, stream=True)
         async with client.stream("POST", "/v1/completions", json=body) as response:
-            assert response.status_code == 200
+            assert response.status_code == 200, (await response.aread()).decode()
 
             async def read() -> None:
                 async for line in response.aiter_lines():

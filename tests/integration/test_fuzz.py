@@ -217,12 +217,18 @@ FIELD_CASES: list[tuple[str, dict[str, Any], str | None, str]] = [
     ("/v1/embeddings", {**EMBEDDING, "dimensions": 0}, "dimensions", "greater than or equal to 1"),
     ("/v1/embeddings", {**EMBEDDING, "input": ["x"] * 2049}, "input", "at most 2048 inputs"),
     # parameters this platform does not support
-    ("/v1/chat/completions", {**CHAT, "logprobs": True}, "logprobs", "not supported"),
-    ("/v1/chat/completions", {**CHAT, "top_logprobs": 2}, "top_logprobs", "not supported"),
+    (
+        "/v1/chat/completions",
+        {**CHAT, "logprobs": True, "top_logprobs": 21},
+        "top_logprobs",
+        "less than or equal to 20",
+    ),
+    ("/v1/chat/completions", {**CHAT, "top_logprobs": 2}, "top_logprobs", "needs logprobs"),
     ("/v1/completions", {**COMPLETION, "suffix": "tail"}, "suffix", "not supported"),
     ("/v1/completions", {**COMPLETION, "best_of": 3}, "(none)", "best_of is not supported"),
-    ("/v1/chat/completions", {**CHAT, "presence_penalty": 1}, "presence_penalty", "not supported"),
-    ("/v1/chat/completions", {**CHAT, "logit_bias": {"5": 1}}, "logit_bias", "not supported"),
+    ("/v1/chat/completions", {**CHAT, "presence_penalty": 3}, "presence_penalty", "less than or equal to 2"),
+    ("/v1/chat/completions", {**CHAT, "logit_bias": {"5": 101}}, "logit_bias", "within -100..100"),
+    ("/v1/chat/completions", {**CHAT, "logit_bias": {"999999": 1}}, "logit_bias", "vocabulary"),
     # unknown fields, nested too (OpenAI refuses them)
     ("/v1/embeddings", {**EMBEDDING, "frobnicate": 1}, "frobnicate", "Unrecognized request argument"),
     ("/v1/completions", {**COMPLETION, "max_token": 5}, "max_token", "did you mean 'max_tokens'"),

@@ -18,7 +18,7 @@ def client(base_url: str) -> openai.OpenAI:
 
 def test_models_list(client):
     models = {m.id: m for m in client.models.list()}
-    assert set(models) == {"tiny-llama", "tiny-llama-tp2", "tiny-gpt2", "minilm"}
+    assert set(models) == {"tiny-llama", "tiny-llama-tp2", "tiny-gpt2", "minilm", "tiny-gguf", "smollm2"}
     assert models["minilm"].model_extra["task"] == "embed"
     assert models["tiny-llama"].model_extra["task"] == "generate"
 

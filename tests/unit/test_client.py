@@ -12,7 +12,15 @@ from llmaas.client import LLMClient, LLMError
 from llmaas.openai.body import parse
 from llmaas.openai.errors import OpenAIError
 from llmaas.openai.frontend import OpenAIFrontend
-from llmaas.openai.protocol import ChatCompletionChunk, CompletionRequest, CompletionResponse, ModelList
+from llmaas.openai.protocol import (
+    ChatCompletionChunk,
+    CompletionRequest,
+    CompletionResponse,
+    DetokenizeResponse,
+    ModelList,
+    TokenizeResponse,
+)
+from tests.unit.openai_fakes import LogprobModel
 from tests.unit.test_frontend import _front
 
 
@@ -66,8 +74,8 @@ class RouterHandle:
         return Method
 
 
-def _client() -> tuple[LLMClient, RouterHandle]:
-    front, _ = _front()
+def _client(gen: Any = None) -> tuple[LLMClient, RouterHandle]:
+    front, _ = _front(gen=gen)
     client = LLMClient("test")
     handle = RouterHandle(front)
     client._handle, client._stream = handle, handle.options(stream=True)
@@ -161,3 +169,64 @@ def test_a_request_that_fails_validation_raises_the_http_apis_400_before_any_cal
         "invalid_value",
     )
     assert err.param == param and handle.calls == 0
+
+
+def test_the_new_options_are_forwarded_and_answered_in_the_typed_responses():
+    client, _ = _client(LogprobModel())
+    reply = client.complete(
+        "gen",
+        [[7, 8], [9]],
+        max_tokens=2,
+        logprobs=1,
+        echo=True,
+        n=2,
+        presence_penalty=0.5,
+        frequency_penalty=0.5,
+        repetition_penalty=1.1,
+        logit_bias={"5": -100},
+        min_tokens=1,
+        user="batch-job",
+    )
+    assert [c.index for c in reply.choices] == [0, 1, 2, 3]
+    assert reply.choices[2].text == "<9><60><61>"
+    assert reply.choices[2].logprobs is not None and reply.choices[2].logprobs.tokens[0] == "<9>"
+    chat = client.chat(
+        "gen",
+        [{"role": "user", "content": "hi"}],
+        logprobs=True,
+        top_logprobs=2,
+        max_completion_tokens=1,
+        store=False,
+        metadata={"job": "x"},
+    )
+    content = chat.choices[0].logprobs.content  # type: ignore[union-attr]
+    assert content is not None and len(content[0].top_logprobs) == 2
+    streamed = list(client.stream_complete("gen", ["a", "b"], max_tokens=1, logprobs=0))
+    assert sorted(c.choices[0].index for c in streamed) == [0, 1]
+    with pytest.raises(LLMError) as bad:
+        client.complete("gen", "hi", logprobs=6)
+    assert (bad.value.status, bad.value.param) == (400, "logprobs")
+
+
+def test_tokenize_and_detokenize():
+    client, _ = _client()
+    tokens = client.tokenize("gen", "hi", return_token_strs=True)
+    assert isinstance(tokens, TokenizeResponse) and tokens.count == 2 and tokens.token_strs is not None
+    chat = client.tokenize("gen", messages=[{"role": "user", "content": "hey"}])
+    assert chat.tokens == [2, 2, 2]
+    back = client.detokenize("gen", tokens.tokens)
+    assert isinstance(back, DetokenizeResponse) and back.prompt == "".join(tokens.token_strs)
+    with pytest.raises(TypeError):
+        client.tokenize("gen")
+    with pytest.raises(LLMError) as negative:
+        client.detokenize("gen", [-1])
+    assert negative.value.param == "tokens[0]"
+    with pytest.raises(LLMError) as missing:
+        client.tokenize("nope", "x")
+    assert missing.value.status == 404
+
+    async def main() -> None:
+        assert (await client.atokenize("gen", "abc")).count == 3
+        assert (await client.adetokenize("gen", [5])).prompt == "<5>"
+
+    asyncio.run(main())

@@ -342,3 +342,34 @@ def test_a_bad_engine_path_names_the_path_and_the_fix(path: str, message: str):
     with pytest.raises(ValueError, match=message) as raised:
         default_engine_cls(spec)
     assert f"model 'fake': engine.cls {path!r}" in str(raised.value)
+
+
+def test_logprobs_are_one_per_token_plausible_and_merged_with_stream_interval():
+    spec = make_spec(args={"step_delay_s": 0.005}, batching={"stream_interval": 3})
+    chunks = run(lambda e: collect(e, request([4, 5], max_tokens=10, logprobs=3)), spec)
+    assert all(c.logprobs is not None and len(c.logprobs) == len(c.token_ids) for c in chunks)
+    entries = [lp for c in chunks for lp in c.logprobs or []]
+    assert [lp.token_id for lp in entries] == tokens(chunks)
+    for lp in entries:
+        assert lp.logprob < 0 and len(lp.top) == 3
+        assert lp.top[0] == (lp.token_id, lp.logprob), "a greedy token is the most likely"
+        assert [v for _, v in lp.top] == sorted((v for _, v in lp.top), reverse=True)
+        assert len({t for t, _ in lp.top}) == 3
+    again = run(lambda e: collect(e, request([4, 5], max_tokens=10, logprobs=3, stream=False)), spec)
+    assert again[0].logprobs == entries, "deterministic, and kept whole when chunks merge"
+    plain = run(lambda e: collect(e, request([4, 5], max_tokens=3)))
+    assert all(c.logprobs is None and c.prompt_logprobs is None for c in plain)
+
+
+def test_prompt_logprobs_come_first_and_max_tokens_zero_scores_the_prompt():
+    prompt = [7, 8, 9, 10]
+    chunks = run(lambda e: collect(e, request(prompt, max_tokens=4, prompt_logprobs=2)))
+    first = chunks[0].prompt_logprobs
+    assert first is not None and len(first) == 4 and first[0] is None
+    assert [lp.token_id for lp in first[1:] if lp is not None] == prompt[1:]
+    assert all(lp is not None and lp.logprob < 0 and len(lp.top) == 2 for lp in first[1:])
+    assert all(c.prompt_logprobs is None for c in chunks[1:])
+    [echo] = run(lambda e: collect(e, request(prompt, max_tokens=0, prompt_logprobs=0)))
+    assert echo.finish_reason is FinishReason.LENGTH and echo.token_ids == [] and echo.error is None
+    assert echo.prompt_logprobs is not None and len(echo.prompt_logprobs) == 4
+    assert all(lp is None or lp.top == [] for lp in echo.prompt_logprobs)

@@ -28,7 +28,8 @@ from llmaas.openai.protocol import (
     ModelList,
 )
 from llmaas.openai.service import ROUTE_CHAT, ROUTE_COMPLETIONS, OpenAIService
-from tests.unit.test_metrics import Collecting, FakeModel, FakeTokenizer, _catalog
+from tests.unit.openai_fakes import FakeTokenizer
+from tests.unit.test_metrics import Collecting, FakeModel, _catalog
 
 
 class Handle:
@@ -46,9 +47,10 @@ async def _body(data: bytes) -> AsyncIterator[bytes]:
     yield data
 
 
-def _front(gateway: GatewayClient | None = None) -> tuple[OpenAIFrontend, Collecting]:
+def _front(gateway: GatewayClient | None = None, gen: Any = None) -> tuple[OpenAIFrontend, Collecting]:
+    """The front door over fake models: 'gen' (``gen``, or ``FakeModel``) and 'emb'."""
     recorder = Collecting()
-    models: dict[str, Any] = {"gen": FakeModel(), "emb": FakeModel("embed")}
+    models: dict[str, Any] = {"gen": gen or FakeModel(), "emb": FakeModel("embed")}
     metrics = FanOut(recorder, gateway) if gateway else recorder  # as the router wires it
     service = OpenAIService(_catalog(), FakeTokenizer(), models, metrics=metrics)
     return OpenAIFrontend(service, gateway), recorder
@@ -166,5 +168,45 @@ def test_handle_streams_yield_chunks_and_end_with_an_error_result_when_refused()
             )
         ]
         assert len(chat) == 1 and isinstance(chat[0], ErrorResult) and chat[0].status == 400
+
+    asyncio.run(main())
+
+
+def test_http_bodies_with_the_new_fields_get_openais_shapes():
+    from tests.unit.openai_fakes import LogprobModel
+
+    async def main() -> None:
+        front, _ = _front(gen=LogprobModel())
+        body = (
+            b'{"model": "gen", "prompt": [[7, 8], [9]], "n": 2, "max_tokens": 1, "echo": true, "logprobs": 1}'
+        )
+        reply = await front.create_completion(Caller(), _body(body))
+        assert isinstance(reply, CompletionResponse)
+        data = reply.model_dump(mode="json")
+        assert [c["index"] for c in data["choices"]] == [0, 1, 2, 3]
+        assert [c["text"] for c in data["choices"]] == ["<7><8><60>"] * 2 + ["<9><60>"] * 2
+        assert data["choices"][2]["logprobs"]["token_logprobs"] == [None, -0.25]
+        assert data["usage"] == {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
+        chat = await front.create_chat_completion(
+            Caller(),
+            _body(
+                b'{"model": "gen", "messages": [{"role": "user", "content": "x"}], "logprobs": true, '
+                b'"top_logprobs": 1, "max_completion_tokens": 1, "presence_penalty": 1, '
+                b'"logit_bias": {"5": -100}}'
+            ),
+        )
+        assert isinstance(chat, ChatCompletionResponse)
+        [token] = chat.model_dump(mode="json")["choices"][0]["logprobs"]["content"]
+        assert token == {
+            "token": "<60>",
+            "logprob": -0.25,
+            "bytes": list(b"<60>"),
+            "top_logprobs": [{"token": "<60>", "logprob": -0.25, "bytes": list(b"<60>")}],
+        }
+        with pytest.raises(OpenAIError) as bias:
+            await front.create_completion(
+                Caller(), _body(b'{"model": "gen", "prompt": "x", "logit_bias": {"100": 1}}')
+            )
+        assert (bias.value.status, bias.value.param) == (400, "logit_bias")
 
     asyncio.run(main())

@@ -186,6 +186,12 @@ class FakeTokenizer:
     ) -> list[int]:
         return [2] * sum(len(m["content"]) for m in messages)
 
+    async def token_strings(self, model_id: str, ids: list[int]) -> list[str]:
+        return [f"<{i}>" for i in ids]
+
+    async def decode(self, model_id: str, ids: list[int], skip_special_tokens: bool) -> str:
+        return "".join(f"<{i}>" for i in ids)
+
 
 class FakeModel:
     """Generates ``max_tokens`` tokens, one chunk each (one chunk in all when not streaming)."""

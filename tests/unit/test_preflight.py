@@ -47,3 +47,37 @@ def test_missing_directory_and_task_mismatch(tmp_path: Path):
         _catalog([{"id": "e", "task": "generate", "source": {"demo": "all-minilm-l6-v2"}}])
     )
     assert "set task: embed" in problems[0]
+
+
+def test_an_engine_class_that_does_not_import_is_refused_before_deploying():
+    from llmaas.config.catalog import ModelSpec
+    from llmaas.preflight import check_model
+
+    spec = ModelSpec.model_validate(
+        {"id": "m", "source": {"demo": "tiny-gpt2"}, "engine": {"cls": "llmaas.engine.fake:NoSuchEngine"}}
+    )
+    problems = check_model(spec)
+    assert len(problems) == 1 and "model 'm'" in problems[0] and "NoSuchEngine" in problems[0]
+    assert spec.engine is not None
+    fake = spec.model_copy(
+        update={"engine": spec.engine.model_copy(update={"cls": "llmaas.engine.fake:FakeEngine"})}
+    )
+    assert check_model(fake) == []
+
+
+def test_quantization_without_torchao_names_the_extra(monkeypatch):
+    import importlib.util
+
+    from llmaas.config.catalog import ModelSpec
+    from llmaas.preflight import check_model
+
+    spec = ModelSpec.model_validate(
+        {"id": "q", "source": {"demo": "tiny-llama-chat"}, "quantization": "int8-weight-only"}
+    )
+    assert check_model(spec) == []  # installed with the test extras
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "torchao" else real(name, *a)
+    )
+    problems = check_model(spec)
+    assert len(problems) == 1 and "pip install 'llmaas[quant]'" in problems[0]

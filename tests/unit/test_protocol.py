@@ -107,9 +107,9 @@ def test_union_branch_names_are_dropped_from_param():
 
 
 def test_model_level_error_names_no_param():
-    err = error_for(ChatCompletionRequest, chat(max_tokens=3, max_completion_tokens=4))
+    err = error_for(CompletionRequest, completion(n=2, best_of=3))
     assert err.param is None
-    assert "not both" in err.message
+    assert "best_of is not supported" in err.message
     assert "Value error" not in err.message
 
 
@@ -152,12 +152,8 @@ def test_stream_options_need_stream():
         ({"max_tokens": 0}, "max_tokens", "greater than or equal to 1"),
         ({"max_completion_tokens": 0}, "max_completion_tokens", "greater than or equal to 1"),
         ({"model": ""}, "model", "at least 1 character"),
-        ({"presence_penalty": 0.5}, "presence_penalty", "penalties are not supported"),
-        ({"frequency_penalty": 1}, "frequency_penalty", "penalties are not supported"),
-        ({"logit_bias": {"50256": -100}}, "logit_bias", "logit_bias is not supported"),
-        ({"logprobs": True}, "logprobs", "logprobs are not supported"),
-        ({"top_logprobs": 2}, "top_logprobs", "top_logprobs are not supported"),
         ({"response_format": {"type": "json_object"}}, "response_format", "'json_object' is not supported"),
+        ({"tools": [{"type": "function"}]}, "tools", "tool calling is not supported"),
         ({"stop": ""}, "stop", "non-empty"),
         ({"stop": ["a", ""]}, "stop", "non-empty"),
         ({"stop": ["s"] * (MAX_STOP_SEQUENCES + 1)}, "stop", "at most 16 stop sequences"),
@@ -176,15 +172,147 @@ def test_zero_penalties_and_text_format_are_accepted():
     assert req.presence_penalty == 0
 
 
+# (field, the lowest and highest values accepted, a value below and one above); None: no bound there
+SAMPLING_BOUNDS: list[tuple[str, Any, Any, Any, Any]] = [
+    ("presence_penalty", -2, 2.0, -2.01, 2.5),
+    ("frequency_penalty", -2.0, 2, -3, 2.01),
+    ("repetition_penalty", 0.01, 10, 0, 10.5),
+    ("min_tokens", 0, 10**6, -1, None),
+]
+
+
+@pytest.mark.parametrize("request_model", [CompletionRequest, ChatCompletionRequest])
+@pytest.mark.parametrize(("field", "low", "high", "below", "above"), SAMPLING_BOUNDS)
+def test_sampling_control_bounds(
+    request_model: type[BaseModel], field: str, low: Any, high: Any, below, above
+):
+    base = completion if request_model is CompletionRequest else chat
+    for ok in (low, high):
+        assert getattr(request_model.model_validate(base(**{field: ok})), field) == ok
+    for bad in (below, above):
+        if bad is not None:
+            err = error_for(request_model, base(**{field: bad}))
+            assert err.param == field
+
+
+@pytest.mark.parametrize(
+    ("value", "param", "needle"),
+    [
+        ({"a": 1}, "logit_bias", "keys are token ids"),
+        ({"-1": 1}, "logit_bias", "keys are token ids"),
+        ({"1.5": 1}, "logit_bias", "keys are token ids"),
+        ({" 7": 1}, "logit_bias", "keys are token ids"),
+        ({"7": 100.5}, "logit_bias", "within -100..100"),
+        ({"7": -101}, "logit_bias", "within -100..100"),
+        ({"7": "x"}, "logit_bias.7", "valid number"),
+        ({str(i): 1 for i in range(1025)}, "logit_bias", "at most 1024 tokens"),
+        ([1], "logit_bias", "an object (got an array)"),
+    ],
+)
+@pytest.mark.parametrize("request_model", [CompletionRequest, ChatCompletionRequest])
+def test_logit_bias_keys_are_token_ids_and_values_in_range(
+    request_model: type[BaseModel], value: Any, param: str, needle: str
+):
+    base = completion if request_model is CompletionRequest else chat
+    err = error_for(request_model, base(logit_bias=value))
+    assert err.param == param
+    assert needle in err.message
+
+
+def test_logit_bias_pairs_are_sorted_ids():
+    req = CompletionRequest.model_validate(completion(logit_bias={"50": -100, "7": 2, "0": 0.5}))
+    assert req.logit_bias_pairs() == ((0, 0.5), (7, 2.0), (50, -100.0))
+
+
+def test_min_tokens_above_max_tokens_is_named():
+    err = error_for(CompletionRequest, completion(min_tokens=5, max_tokens=4))
+    assert err.param == "min_tokens" and "above" in err.message
+    err = error_for(ChatCompletionRequest, chat(min_tokens=5, max_completion_tokens=4))
+    assert err.param == "min_tokens"
+    assert ChatCompletionRequest.model_validate(chat(min_tokens=4, max_tokens=4)).min_tokens == 4
+
+
+@pytest.mark.parametrize(
+    ("fields", "param", "needle"),
+    [
+        ({"logprobs": -1}, "logprobs", "greater than or equal to 0"),
+        ({"logprobs": 6}, "logprobs", "less than or equal to 5"),
+        ({"logprobs": True}, "logprobs", "valid integer"),
+        ({"echo": "yes"}, "echo", "valid boolean"),
+        ({"max_tokens": 0}, "max_tokens", "only with echo"),
+        ({"max_tokens": -1, "echo": True}, "max_tokens", "greater than or equal to 0"),
+    ],
+)
+def test_completion_logprobs_and_echo_bounds(fields: dict[str, Any], param: str, needle: str):
+    err = error_for(CompletionRequest, completion(**fields))
+    assert err.param == param
+    assert needle in err.message
+
+
+def test_completion_logprobs_and_echo_reach_the_engine():
+    defaults = SamplingDefaults()
+    for logprobs in (0, 5):
+        req = CompletionRequest.model_validate(completion(logprobs=logprobs, echo=True, max_tokens=0))
+        params = req.to_sampling_params(defaults, max_tokens=1)
+        assert (params.logprobs, params.prompt_logprobs) == (logprobs, logprobs)
+    req = CompletionRequest.model_validate(completion(logprobs=2))
+    params = req.to_sampling_params(defaults, max_tokens=1)
+    assert (params.logprobs, params.prompt_logprobs) == (2, None)
+    echo_only = CompletionRequest.model_validate(completion(echo=True)).to_sampling_params(defaults, 1)
+    assert (echo_only.logprobs, echo_only.prompt_logprobs) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("fields", "param", "needle"),
+    [
+        ({"top_logprobs": 21, "logprobs": True}, "top_logprobs", "less than or equal to 20"),
+        ({"top_logprobs": -1, "logprobs": True}, "top_logprobs", "greater than or equal to 0"),
+        ({"top_logprobs": 3}, "top_logprobs", "needs logprobs: true"),
+        ({"top_logprobs": 3, "logprobs": False}, "top_logprobs", "needs logprobs: true"),
+        ({"logprobs": 1}, "logprobs", "valid boolean"),
+        ({"max_tokens": 5, "max_completion_tokens": 6}, "max_completion_tokens", "differ"),
+        ({"store": "yes"}, "store", "valid boolean"),
+        ({"metadata": {"k": 1}}, "metadata.k", "valid string"),
+        ({"metadata": {str(i): "v" for i in range(17)}}, "metadata", "at most 16"),
+        ({"metadata": {"k" * 65: "v"}}, "metadata", "up to 64"),
+        ({"user": 5}, "user", "valid string"),
+    ],
+)
+def test_chat_logprobs_and_bookkeeping_bounds(fields: dict[str, Any], param: str, needle: str):
+    err = error_for(ChatCompletionRequest, chat(**fields))
+    assert err.param == param
+    assert needle in err.message
+
+
+def test_chat_logprobs_reach_the_engine():
+    defaults = SamplingDefaults()
+    for fields, expected in (
+        ({}, None),
+        ({"logprobs": False}, None),
+        ({"logprobs": True}, 0),
+        ({"logprobs": True, "top_logprobs": 20}, 20),
+        ({"logprobs": False, "top_logprobs": 0}, None),
+    ):
+        req = ChatCompletionRequest.model_validate(chat(**fields))
+        params = req.to_sampling_params(defaults, max_tokens=1)
+        assert (params.logprobs, params.prompt_logprobs) == (expected, None)
+
+
+def test_user_store_and_metadata_are_accepted():
+    req = ChatCompletionRequest.model_validate(chat(user="u", store=False, metadata={"a": "b"}))
+    assert (req.user, req.store, req.metadata) == ("u", False, {"a": "b"})
+    assert CompletionRequest.model_validate(completion(user="u")).user == "u"
+
+
 @pytest.mark.parametrize(
     ("fields", "needle"),
     [
         ({"prompt": []}, "empty list"),
-        ({"prompt": ["a", "b"]}, "batched prompts are not supported"),
-        ({"prompt": [[1], [2]]}, "batched prompts are not supported"),
-        ({"prompt": [[]]}, "empty token list"),
-        ({"echo": True}, "echo is not supported"),
-        ({"logprobs": 1}, "logprobs are not supported"),
+        ({"prompt": ""}, "empty string"),
+        ({"prompt": ["a", ""]}, "prompt[1] is an empty string"),
+        ({"prompt": [[1], []]}, "prompt[1] is an empty token list"),
+        ({"prompt": [[]]}, "prompt[0] is an empty token list"),
+        ({"prompt": ["x"] * 2049}, "at most 2048 prompts"),
         ({"suffix": "tail"}, "suffix (insertion) is not supported"),
     ],
 )
@@ -241,9 +369,11 @@ def test_requested_max_tokens_chat():
     assert ChatCompletionRequest.model_validate(chat(max_completion_tokens=5)).requested_max_tokens() == 5
 
 
-def test_chat_max_tokens_both_set_is_an_error():
-    with pytest.raises(ValidationError, match="set max_completion_tokens or max_tokens, not both"):
+def test_chat_max_tokens_both_set_must_agree():
+    with pytest.raises(ValidationError, match=r"max_completion_tokens \(5\) and max_tokens \(7\) differ"):
         ChatCompletionRequest.model_validate(chat(max_tokens=7, max_completion_tokens=5))
+    same = ChatCompletionRequest.model_validate(chat(max_tokens=5, max_completion_tokens=5))
+    assert same.requested_max_tokens() == 5
 
 
 def test_requested_max_tokens_completion():
@@ -254,15 +384,18 @@ def test_requested_max_tokens_completion():
 @pytest.mark.parametrize(
     ("prompt", "expected"),
     [
-        ("hello", "hello"),
-        (["hello"], "hello"),
-        ([1, 2, 3], [1, 2, 3]),
-        ([7], [7]),
-        ([[4, 5, 6]], [4, 5, 6]),
+        ("hello", ["hello"]),
+        (["hello"], ["hello"]),
+        (["a", "b"], ["a", "b"]),
+        ([1, 2, 3], [[1, 2, 3]]),
+        ([7], [[7]]),
+        ([[4, 5, 6]], [[4, 5, 6]]),
+        ([[4, 5], [6]], [[4, 5], [6]]),
+        ([2.0, 3], [[2, 3]]),
     ],
 )
-def test_single_prompt(prompt: Any, expected: Any):
-    assert CompletionRequest.model_validate(completion(prompt=prompt)).single_prompt() == expected
+def test_prompts(prompt: Any, expected: Any):
+    assert CompletionRequest.model_validate(completion(prompt=prompt)).prompts() == expected
 
 
 @pytest.mark.parametrize(
@@ -296,6 +429,21 @@ def test_template_messages_joins_text_parts():
 
 
 # ---- to_sampling_params ------------------------------------------------------------------
+
+
+def test_sampling_controls_are_passed_through():
+    req = ChatCompletionRequest.model_validate(
+        chat(
+            presence_penalty=1.5,
+            frequency_penalty=-0.5,
+            repetition_penalty=1.2,
+            logit_bias={"9": -100, "3": 5},
+            min_tokens=3,
+        )
+    )
+    params = req.to_sampling_params(SamplingDefaults(), max_tokens=8)
+    assert (params.presence_penalty, params.frequency_penalty, params.repetition_penalty) == (1.5, -0.5, 1.2)
+    assert (params.logit_bias, params.min_tokens) == (((3, 5.0), (9, -100.0)), 3)
 
 
 def test_sampling_uses_catalog_defaults_when_unset():

@@ -14,7 +14,8 @@ from llmaas.engine.types import GenerationChunk, GenerationRequest
 from llmaas.openai.errors import OpenAIError
 from llmaas.openai.protocol import ChatCompletionRequest, CompletionRequest
 from llmaas.openai.service import OpenAIService
-from tests.unit.test_metrics import Collecting, FakeModel, FakeTokenizer
+from tests.unit.openai_fakes import FakeTokenizer
+from tests.unit.test_metrics import Collecting, FakeModel
 
 
 class FullModel(FakeModel):

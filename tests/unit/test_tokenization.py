@@ -29,6 +29,14 @@ class CountingRemote:
         self.calls.append("chat_template")
         return self.pool.chat_template(model_id, messages, add_generation_prompt)
 
+    async def token_strings(self, model_id: str, ids: list[int]) -> list[str]:
+        self.calls.append("token_strings")
+        return self.pool.token_strings(model_id, ids)
+
+    async def decode(self, model_id: str, ids: list[int], skip_special_tokens: bool) -> str:
+        self.calls.append("decode")
+        return self.pool.decode(model_id, ids, skip_special_tokens)
+
 
 @pytest.fixture(scope="module")
 def pool(chat_model_path: Path) -> TokenizerPool:
@@ -70,6 +78,36 @@ def test_zero_sends_everything_to_the_tokenizer_deployment(pool: TokenizerPool):
     asyncio.run(local.encode("chat", ["a"], True))
     asyncio.run(local.chat_template("chat", [{"role": "user", "content": "a"}], True))
     assert remote.calls == ["encode", "chat_template"]
+
+
+def test_token_strings_are_each_tokens_own_text(pool: TokenizerPool):
+    text = "Hello world, café"
+    ids = pool.encode("chat", [text], True)[0]
+    strings = pool.token_strings("chat", ids)
+    assert len(strings) == len(ids)
+    assert "".join(strings).replace("\ufffd", "") == text.replace("é", "")  # é is two byte tokens
+    assert strings[1].startswith(" "), "a byte-level token keeps its leading space"
+    assert pool.token_strings("chat", []) == []
+    eos = pool.get("chat").eos_token_id
+    assert pool.token_strings("chat", [eos]) == [pool.get("chat").eos_token], "special tokens are named"
+
+
+def test_decode_keeps_or_skips_special_tokens(pool: TokenizerPool):
+    tokenizer = pool.get("chat")
+    ids = [*pool.encode("chat", ["Hello"], False)[0], tokenizer.eos_token_id]
+    assert pool.decode("chat", ids, skip_special_tokens=False) == "Hello" + tokenizer.eos_token
+    assert pool.decode("chat", ids) == "Hello"
+
+
+def test_token_ids_count_one_character_each_against_the_inline_limit(pool: TokenizerPool):
+    local, remote = _tokenizer(pool, inline_max_chars=3)
+    ids = pool.encode("chat", ["Hello world"], True)[0]
+    assert asyncio.run(local.token_strings("chat", ids[:3])) == pool.token_strings("chat", ids[:3])
+    assert asyncio.run(local.decode("chat", ids[:2], False)) == pool.decode("chat", ids[:2], False)
+    assert remote.calls == []
+    assert asyncio.run(local.token_strings("chat", ids * 2)) == pool.token_strings("chat", ids * 2)
+    assert asyncio.run(local.decode("chat", ids, True)) == "Hello world"
+    assert remote.calls == ["token_strings", "decode"]
 
 
 def test_unknown_model_goes_to_the_deployment_not_a_local_crash(pool: TokenizerPool):
@@ -119,3 +157,38 @@ def test_remote_errors_keep_their_shape_across_the_handle():
         "model",
         "model 'gpt' has no chat template",
     )
+
+
+def test_handle_tokenizer_forwards_token_strings_and_decode():
+    from types import SimpleNamespace
+    from typing import Any
+
+    from llmaas.deployments.handles import HandleTokenizer
+
+    calls: list[tuple[Any, ...]] = []
+
+    async def token_strings(model_id: str, ids: list[int]) -> list[str]:
+        calls.append(("token_strings", model_id, ids))
+        return [str(i) for i in ids]
+
+    async def decode(model_id: str, ids: list[int], skip_special_tokens: bool) -> str:
+        calls.append(("decode", model_id, ids, skip_special_tokens))
+        return "text"
+
+    handle: Any = SimpleNamespace(
+        token_strings=SimpleNamespace(remote=token_strings), decode=SimpleNamespace(remote=decode)
+    )
+    remote = HandleTokenizer(handle)
+    assert asyncio.run(remote.token_strings("m", [1, 2])) == ["1", "2"]
+    assert asyncio.run(remote.decode("m", [1], False)) == "text"
+    assert calls == [("token_strings", "m", [1, 2]), ("decode", "m", [1], False)]
+
+
+def test_tokenizer_deployment_serves_token_strings_and_decode(pool: TokenizerPool):
+    from llmaas.deployments.tokenizer import Tokenizer
+
+    deployment = Tokenizer.__new__(Tokenizer)  # the pool it would load, without Serve
+    deployment.pool = pool
+    ids = pool.encode("chat", ["Hello"], False)[0]
+    assert deployment.token_strings("chat", ids) == pool.token_strings("chat", ids)
+    assert deployment.decode("chat", ids, False) == "Hello"

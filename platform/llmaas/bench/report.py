@@ -51,6 +51,16 @@ def write_suite_plot(path: Path, report: SuiteReport) -> bool:
             color="gray",
             label=f"in-process limit (static batch {report.limit.best_batch_size})",
         )
+    if report.roofline:
+        axes[0].scatter(
+            [1],
+            [report.roofline.roofline_tok_s],
+            marker="*",
+            s=120,
+            color="black",
+            label=f"roofline at 1 stream ({report.roofline.memory_bandwidth_gbs:.0f} GB/s / weights)",
+            zorder=3,
+        )
     axes[0].legend(fontsize=8)
     axes[1].set_yscale("log")
     axes[2].set_yscale("log")

@@ -8,6 +8,9 @@ One after another (never two at once, so none steals the others' cores):
 - ``naive``: one transformers pipeline call per HTTP request, as tutorials show.
 - ``serve-batch``: Ray Serve with ``@serve.batch`` static batching around ``generate``.
 - ``hf-serve``: Hugging Face's own OpenAI-compatible server, ``transformers serve``.
+- ``roofline`` (whenever the model's directory is known): this machine's memory bandwidth and the
+  served model's weight bytes, so that batch-1 decode can be read as a share of bandwidth / weight
+  bytes (``llmaas.bench.roofline``).
 
 A baseline that cannot run here is recorded with the reason, not silently dropped.
 """
@@ -29,6 +32,7 @@ from pydantic import BaseModel, Field
 
 from llmaas.bench.inprocess import StaticLimit, engine_sweep, static_limit
 from llmaas.bench.loadgen import BenchConfig, LevelReport, Target, run_bench
+from llmaas.bench.roofline import Roofline, fraction
 from llmaas.config.catalog import ModelSpec
 
 Baseline = Literal["limit", "engine", "naive", "serve-batch", "hf-serve"]
@@ -52,6 +56,14 @@ class Summary(BaseModel):
     ttft_c1_p50_ms: float | None = None
     prefill_p50_ms: float | None = None
     ttft_c1_above_prefill_ms: float | None = None  # target <= 10
+    # the roofline: batch-1 decode can at best read the weights once a token at memory bandwidth
+    memory_bandwidth_gbs: float | None = None  # the best of copy / triad / read, 1 thread or all
+    weight_bytes: int | None = None  # read by a batch-1 decode step, in the served dtype
+    roofline_tok_s: float | None = None  # memory_bandwidth_gbs / weight_bytes
+    static_b1_tok_s: float | None = None  # the limit's static generate at batch 1 (prefill included)
+    static_b1_vs_roofline: float | None = None
+    llmaas_c1_decode_tok_s: float | None = None  # 1000 / TPOT p50 of the platform at 1 stream
+    llmaas_c1_vs_roofline: float | None = None
 
 
 class SuiteReport(BaseModel):
@@ -62,6 +74,7 @@ class SuiteReport(BaseModel):
     baseline_concurrency: list[int]
     results: dict[str, list[LevelReport]] = Field(default_factory=dict)
     limit: StaticLimit | None = None
+    roofline: Roofline | None = None
     skipped: dict[str, str] = Field(default_factory=dict)
     durations_s: dict[str, float] = Field(default_factory=dict)
     summary: Summary = Field(default_factory=Summary)
@@ -156,9 +169,27 @@ def run_serve_batch(model_dir: Path, spec: ModelSpec, config: BenchConfig) -> li
         serve.delete(APP_NAME)
 
 
+def summarize_roofline(report: SuiteReport, summary: Summary) -> None:
+    """The roofline fields: batch-1 decode, static and through llmaas, as shares of the roofline."""
+    if report.limit is not None:
+        summary.static_b1_tok_s = report.limit.tok_s_by_batch.get(1)
+    c1 = next((r for r in report.results.get("llmaas", []) if r.mode == "concurrency" and r.level == 1), None)
+    if c1 is not None and c1.tpot_p50_ms:
+        summary.llmaas_c1_decode_tok_s = round(1000 / c1.tpot_p50_ms, 2)
+    roofline = report.roofline
+    if roofline is None:
+        return
+    summary.memory_bandwidth_gbs = roofline.memory_bandwidth_gbs
+    summary.weight_bytes = roofline.weight_bytes
+    summary.roofline_tok_s = roofline.roofline_tok_s
+    summary.static_b1_vs_roofline = fraction(summary.static_b1_tok_s, roofline.roofline_tok_s)
+    summary.llmaas_c1_vs_roofline = fraction(summary.llmaas_c1_decode_tok_s, roofline.roofline_tok_s)
+
+
 def summarize_suite(report: SuiteReport) -> Summary:
     ours = [r for r in report.results.get("llmaas", []) if r.mode == "concurrency"]
     summary = Summary()
+    summarize_roofline(report, summary)
     if not ours:
         return summary
     best = max(r.output_tok_s for r in ours)
@@ -226,6 +257,7 @@ def run_suite(
         steps += [
             (name, _baseline_step(name, report, spec, model_dir, baseline_concurrency)) for name in baselines
         ]
+        steps.append(("roofline", lambda: setattr(report, "roofline", _roofline(spec, model_dir))))
     for name, step in steps:
         _run_step(report, name, step, log)
     report.summary = summarize_suite(report)
@@ -243,6 +275,12 @@ def _run_step(report: SuiteReport, name: str, step: Callable[[], None], log: Cal
         report.skipped[name] = f"{type(exc).__name__}: {exc}"[:500]
         log(f"bench: {name} skipped: {report.skipped[name]}")
     report.durations_s[name] = round(time.perf_counter() - started, 1)
+
+
+def _roofline(spec: ModelSpec, model_dir: Path) -> Roofline:
+    from llmaas.bench.roofline import measure_roofline
+
+    return measure_roofline(model_dir, spec.torch_dtype_name, spec.quantization)
 
 
 def _baseline_step(

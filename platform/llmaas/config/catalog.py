@@ -24,6 +24,11 @@ DemoModelName = Literal[
     "tiny-llama-chat", "tiny-gpt2", "bench-llama", "all-minilm-l6-v2", "smollm2-135m-instruct"
 ]
 DType = Literal["auto", "float32", "float16", "bfloat16"]
+# NOTE: only what the quantization benchmark (python -m llmaas.bench.quant, its table in
+# benchmarks/quant-cpu-2core) showed worth offering; llmaas.engine.quantize applies it with torchao.
+# int8-dynamic was measured and left out: slower than float32 in eager mode, 3% worse perplexity.
+Quantization = Literal["none", "int8-weight-only"]
+QUANTIZATION_METHODS: tuple[str, ...] = get_args(Quantization)
 
 
 class Task(str, Enum):
@@ -301,6 +306,15 @@ class ModelSpec(BaseConfig):
     kernel_inject: bool = Field(
         default=False, description="DeepSpeed kernel injection (GPU and supported architectures only)."
     )
+    quantization: Quantization = Field(
+        default="none",
+        description=(
+            "Weight quantization after loading, with torchao (CPU, float32, tensor_parallel_size 1): "
+            "'int8-weight-only' stores the linear layers' weights in int8 (SmolLM2-135M: about half "
+            "the resident memory at float32's perplexity; prefill and batched decode near float32's "
+            "speed, a lone stream slower). Measured in benchmarks/quant-cpu-2core."
+        ),
+    )
     description: str = Field(default="", description="Shown in /v1/models.")
     engine: EngineSelection | None = Field(
         default=None,
@@ -382,12 +396,38 @@ class ModelSpec(BaseConfig):
                 f"model {self.id!r}: a pooled model runs unsharded; set tensor_parallel_size: 1 "
                 "or take it out of the pool"
             )
+        self._check_quantization()
         if self.sampling.max_tokens >= (self.max_context_length or 1 << 30):
             raise ValueError(
                 f"model {self.id!r}: sampling.max_tokens ({self.sampling.max_tokens}) must be below "
                 f"max_context_length ({self.max_context_length})"
             )
         return self
+
+    def _check_quantization(self) -> None:
+        if self.quantization == "none":
+            return
+        where = f"model {self.id!r}: quantization {self.quantization!r}"
+        if self.task is not Task.GENERATE:
+            raise ValueError(f"{where} applies to generate models only; set quantization: none")
+        if self.resources.uses_gpu:
+            # NOTE: measured on CPU only; on a GPU kernel injection replaces the linear layers
+            # that torchao would quantize, and float16/bfloat16 already halve the weights.
+            raise ValueError(
+                f"{where} is offered on CPU only; on a GPU use dtype float16 or bfloat16 "
+                "(and kernel_inject) and set quantization: none"
+            )
+        if self.tensor_parallel_size > 1:
+            # NOTE: AutoTP replaces nn.Linear with its own sharded layers, which torchao does not
+            # quantize; quantizing before sharding leaves int8 tensors AutoTP cannot slice.
+            raise ValueError(
+                f"{where} runs unsharded only: set tensor_parallel_size: 1 (a 135M-1B model "
+                "quantized to int8 fits one worker) or quantization: none"
+            )
+        if self.torch_dtype_name != "float32":
+            raise ValueError(
+                f"{where} quantizes float32 weights: set dtype: float32 (or auto) or quantization: none"
+            )
 
     @property
     def torch_dtype_name(self) -> str:

@@ -28,10 +28,16 @@ from llmaas.engine.errors import EngineNotReady
 from llmaas.engine.kv_budget import KVBudget
 from llmaas.engine.kv_slab import compaction_order
 from llmaas.engine.runner import ModelRunner, StepInput
-from llmaas.engine.sampling import make_generator, sample
-from llmaas.engine.types import FinishReason, GenerationChunk, GenerationRequest
+from llmaas.engine.sampling import SequenceSampler, prompt_logprobs, sample_batch
+from llmaas.engine.types import FinishReason, GenerationChunk, GenerationRequest, TokenLogprob
 
 logger = logging.getLogger(__name__)
+
+#: Most bytes of float32 logits one prompt-logprobs prefill may hold (rows x width x vocab x 4):
+#: rows that ask for prompt logprobs are prefilled in groups that stay under it (one row alone
+#: may exceed it). NOTE: only those rows pay for logits at every position; the others are
+#: prefilled apart, with the last position's logits only.
+PROMPT_LOGITS_BYTES = 256 * 2**20
 
 
 @dataclass(eq=False)
@@ -42,15 +48,21 @@ class Sequence:
     loop: asyncio.AbstractEventLoop
     detok: IncrementalDetokenizer
     max_new_tokens: int
+    sampler: SequenceSampler
     out: asyncio.Queue[GenerationChunk] = field(default_factory=asyncio.Queue)
-    generator: torch.Generator | None = None
     generated: list[int] = field(default_factory=list)
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # computed at prefill, sent with the first chunk
     cancelled: bool = False  # NOTE: set by the event loop, read by the model thread; a bool store is atomic
     done: bool = False
 
     @property
     def prompt_len(self) -> int:
         return len(self.request.prompt_token_ids)
+
+    @property
+    def scores_only(self) -> bool:
+        """Prompt logprobs and nothing generated (``max_tokens`` 0, an echo): one forward pass."""
+        return self.max_new_tokens == 0 and self.request.sampling.prompt_logprobs is not None
 
     @property
     def final_len(self) -> int:
@@ -65,9 +77,21 @@ class Sequence:
 
 
 def merge_chunks(first: GenerationChunk, second: GenerationChunk) -> GenerationChunk:
-    """Two consecutive chunks of one sequence as one."""
+    """Two consecutive chunks of one sequence as one (logprobs stay one per token)."""
+    logprobs = (
+        None
+        if first.logprobs is None and second.logprobs is None
+        else [*(first.logprobs or []), *(second.logprobs or [])]
+    )
     return second.model_copy(
-        update={"text": first.text + second.text, "token_ids": [*first.token_ids, *second.token_ids]}
+        update={
+            "text": first.text + second.text,
+            "token_ids": [*first.token_ids, *second.token_ids],
+            "logprobs": logprobs,
+            "prompt_logprobs": first.prompt_logprobs
+            if first.prompt_logprobs is not None
+            else second.prompt_logprobs,
+        }
     )
 
 
@@ -107,6 +131,7 @@ class BatchScheduler:
         max_context_length: int,
         kv_budget: KVBudget,
         pad_token_id: int = 0,
+        vocab_size: int = 0,
     ) -> None:
         self.spec = spec
         self.runner = runner
@@ -114,6 +139,7 @@ class BatchScheduler:
         self.eos_token_ids = eos_token_ids
         self.max_context_length = max_context_length
         self.pad_token_id = pad_token_id
+        self.vocab_size = vocab_size  # sizes prompt-logprobs prefills (0: unknown, one group)
         self.kv_budget = kv_budget
         self._waiting: queue.Queue[Sequence] = queue.Queue()
         self._running = 0
@@ -175,7 +201,7 @@ class BatchScheduler:
             max_new_tokens=max(
                 0, min(params.max_tokens, self.max_context_length - len(request.prompt_token_ids))
             ),
-            generator=make_generator(params),
+            sampler=SequenceSampler(params, request.prompt_token_ids),
         )
         self._live.add(seq)
         self._waiting.put(seq)
@@ -290,16 +316,59 @@ class BatchScheduler:
             reserve = max(reserve, seq.final_len)
         live = []
         for seq in new:
-            if seq.max_new_tokens == 0:
-                self._finish(seq, FinishReason.LENGTH)
-            else:
+            if seq.max_new_tokens > 0 or (seq.scores_only and seq.prompt_len <= self.max_context_length):
                 live.append(seq)
+            elif seq.scores_only:
+                self._finish(
+                    seq,
+                    FinishReason.ABORT,
+                    error=f"the prompt ({seq.prompt_len} tokens) is longer than the model's context "
+                    f"({self.max_context_length}): its logprobs cannot be computed",
+                )
+            else:
+                self._finish(seq, FinishReason.LENGTH)
         return live
 
     def _join(self, batch: _Batch, new: list[Sequence]) -> None:
-        """Prefill ``new`` and merge it into the running batch (left-padded to a common length)."""
+        """Prefill ``new`` and merge it into the running batch (left-padded to a common length).
+
+        Rows that ask for prompt logprobs need the logits of every prompt position: they are
+        prefilled apart from the others (in groups within ``PROMPT_LOGITS_BYTES``), so rows that
+        do not ask never pay for it; rows that only score their prompt leave the cache alone.
+        """
         if batch.num_alive == 0:
             batch.clear()
+        plain = [s for s in new if s.request.sampling.prompt_logprobs is None]
+        scoring = [s for s in new if s.request.sampling.prompt_logprobs is not None and not s.scores_only]
+        scores_only = [s for s in new if s.scores_only]
+        groups = self._logit_groups(scoring)
+        if not self.runner.supports_join and scoring:
+            # NOTE: a cache that cannot take joining rows takes one prefill: every row's logits then
+            plain, groups = [], [plain + scoring]
+        if plain:
+            self._prefill(batch, plain, all_logits=False)
+        for group in groups:
+            self._prefill(batch, group, all_logits=True)
+        for group in self._logit_groups(scores_only):
+            self._prefill(batch, group, all_logits=True, score=True)
+
+    def _logit_groups(self, seqs: list[Sequence]) -> list[list[Sequence]]:
+        """``seqs`` split so that each group's logits at every position fit ``PROMPT_LOGITS_BYTES``."""
+        per_token = 4 * max(1, self.vocab_size)
+        groups: list[list[Sequence]] = []
+        width = 0
+        for seq in seqs:
+            wider = max(width, seq.prompt_len)
+            if groups and (len(groups[-1]) + 1) * wider * per_token <= PROMPT_LOGITS_BYTES:
+                groups[-1].append(seq)
+                width = wider
+            else:
+                groups.append([seq])
+                width = seq.prompt_len
+        return groups
+
+    def _prefill(self, batch: _Batch, new: list[Sequence], *, all_logits: bool, score: bool = False) -> None:
+        """One prefill step for ``new``: into the running batch, or only scored (``score``)."""
         width = max(s.prompt_len for s in new)
         ids = torch.full((len(new), width), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(new), width), dtype=torch.long)
@@ -308,9 +377,18 @@ class BatchScheduler:
             ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
             mask[row, width - len(prompt) :] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        kind: Literal["prefill", "join"] = "join" if batch.rows else "prefill"
-        logits = self.runner.step(StepInput(kind, ids, mask, positions))
+        kind: Literal["prefill", "join", "score"] = "score" if score else "join" if batch.rows else "prefill"
+        logits = self.runner.step(StepInput(kind, ids, mask, positions, all_logits=all_logits))
         self.steps += 1
+        if all_logits:
+            for row, seq in enumerate(new):
+                top_n = seq.request.sampling.prompt_logprobs or 0
+                seq.prompt_logprobs = prompt_logprobs(logits[row], seq.request.prompt_token_ids, top_n)
+            logits = logits[:, -1, :]
+        if score:
+            for seq in new:
+                self._finish(seq, FinishReason.LENGTH)
+            return
         if batch.mask is None or batch.last_pos is None:
             batch.mask, batch.last_pos = mask, positions[:, -1]
         else:
@@ -318,10 +396,9 @@ class BatchScheduler:
             batch.mask = torch.cat([left_pad(batch.mask, total), left_pad(mask, total)])
             batch.last_pos = torch.cat([batch.last_pos, positions[:, -1]])
         batch.rows.extend(new)
-        tokens = sample(logits, [s.request.sampling for s in new], [s.generator for s in new])
-        for seq, token in zip(new, tokens, strict=True):
-            batch.pending.append(token)
-            batch.alive.append(self._advance(seq, token))
+        pending, alive = self._sample(logits, new)
+        batch.pending.extend(pending)
+        batch.alive.extend(alive)
         self.peak_batch = max(self.peak_batch, batch.num_alive)
 
     def _decode(self, batch: _Batch) -> None:
@@ -361,12 +438,34 @@ class BatchScheduler:
         )
         logits = self.runner.step(step)
         self.steps += 1
-        tokens = sample(logits, [s.request.sampling for s in batch.rows], [s.generator for s in batch.rows])
-        batch.pending = tokens
-        batch.alive = [self._advance(seq, token) for seq, token in zip(batch.rows, tokens, strict=True)]
+        batch.pending, batch.alive = self._sample(logits, batch.rows)
         self.peak_batch = max(self.peak_batch, len(keep))
 
-    def _advance(self, seq: Sequence, token_id: int) -> bool:
+    def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> tuple[list[int], list[bool]]:
+        """Next token of each row (what it feeds next) and whether the row goes on.
+
+        NOTE: a row the sampler cannot sample ends alone, with its error; the others go on.
+        """
+        result = sample_batch(logits, [s.sampler for s in seqs], eos_token_ids=self.eos_token_ids)
+        pending: list[int] = []
+        alive: list[bool] = []
+        for seq, token, logprob, error in zip(
+            seqs, result.tokens, result.logprobs, result.errors, strict=True
+        ):
+            if error is None:
+                pending.append(token)
+                alive.append(self._advance(seq, token, logprob))
+                continue
+            if seq.cancelled:
+                seq.done = True
+            else:
+                logger.warning("sequence %s of %s failed: %s", seq.request.request_id, self.spec.id, error)
+                self._finish(seq, FinishReason.ABORT, error=error)
+            pending.append(self.pad_token_id)
+            alive.append(False)
+        return pending, alive
+
+    def _advance(self, seq: Sequence, token_id: int, logprob: TokenLogprob | None = None) -> bool:
         """Append one token to a sequence; emit its text; return whether it goes on."""
         if seq.cancelled:
             seq.done = True
@@ -374,19 +473,32 @@ class BatchScheduler:
         seq.generated.append(token_id)
         params = seq.request.sampling
         if token_id in self.eos_token_ids and not params.ignore_eos:
-            self._finish(seq, FinishReason.STOP, token_ids=[token_id], text=seq.detok.flush())
+            self._finish(
+                seq, FinishReason.STOP, token_ids=[token_id], text=seq.detok.flush(), logprob=logprob
+            )
             return False
         text = seq.detok.push(token_id)
         if seq.detok.stopped:
-            self._finish(seq, FinishReason.STOP, token_ids=[token_id], text=text)
+            self._finish(seq, FinishReason.STOP, token_ids=[token_id], text=text, logprob=logprob)
             return False
         if len(seq.generated) >= seq.max_new_tokens:
-            self._finish(seq, FinishReason.LENGTH, token_ids=[token_id], text=text + seq.detok.flush())
+            self._finish(
+                seq,
+                FinishReason.LENGTH,
+                token_ids=[token_id],
+                text=text + seq.detok.flush(),
+                logprob=logprob,
+            )
             return False
-        seq.emit(self._chunk(seq, text=text, token_ids=[token_id]))
+        seq.emit(self._chunk(seq, text=text, token_ids=[token_id], logprob=logprob))
         return True
 
-    def _chunk(self, seq: Sequence, **fields: Any) -> GenerationChunk:
+    def _chunk(self, seq: Sequence, *, logprob: TokenLogprob | None = None, **fields: Any) -> GenerationChunk:
+        """A chunk of ``seq``: the first carries its prompt logprobs; with logprobs asked, one per token."""
+        if seq.prompt_logprobs is not None:
+            fields["prompt_logprobs"], seq.prompt_logprobs = seq.prompt_logprobs, None
+        if seq.request.sampling.logprobs is not None:
+            fields["logprobs"] = [] if logprob is None else [logprob]
         return GenerationChunk(
             request_id=seq.request.request_id,
             num_prompt_tokens=seq.prompt_len,
@@ -402,9 +514,11 @@ class BatchScheduler:
         token_ids: list[int] | None = None,
         text: str = "",
         error: str | None = None,
+        logprob: TokenLogprob | None = None,
     ) -> None:
         """End ``seq``; its last chunk is sent at the end of this step (see ``_loop``)."""
         seq.done = True
-        self._ended.append(
-            (seq, self._chunk(seq, text=text, token_ids=token_ids or [], finish_reason=reason, error=error))
+        chunk = self._chunk(
+            seq, text=text, token_ids=token_ids or [], finish_reason=reason, error=error, logprob=logprob
         )
+        self._ended.append((seq, chunk))

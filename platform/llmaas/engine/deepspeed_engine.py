@@ -88,6 +88,7 @@ class DeepSpeedEngine(Engine):
             eos_token_ids=eos,
             max_context_length=context,
             pad_token_id=int(pad),
+            vocab_size=int(config.vocab_size),
             kv_budget=budget,
         )
         self._info = ModelInfo(

@@ -12,7 +12,10 @@ chunks as the real scheduler does, and stop strings go through the real
 ``IncrementalDetokenizer``. Nothing is loaded: token ``t`` reads `` w<t>``, drawn from a
 generator seeded by the model id and the prompt (and the request's seed when it samples), so
 greedy requests repeat and different prompts (or models) differ. ``task: embed`` entries get
-deterministic unit vectors.
+deterministic unit vectors. Logprobs and prompt logprobs, when asked, are plausible made-up
+values (negative, deterministic, the token first in its top list, alternatives less likely),
+and ``max_tokens`` 0 with prompt logprobs (an echo) returns the prompt's logprobs alone.
+Other sampling controls (penalties, ``logit_bias``, ``min_tokens``) are accepted and ignored.
 """
 
 from __future__ import annotations
@@ -36,7 +39,14 @@ from llmaas.config.catalog import ModelSpec, Task
 from llmaas.engine.detokenizer import IncrementalDetokenizer
 from llmaas.engine.errors import EngineError, EngineNotReady, UnsupportedTask
 from llmaas.engine.protocol import Engine
-from llmaas.engine.types import EngineHealth, FinishReason, GenerationChunk, GenerationRequest, ModelInfo
+from llmaas.engine.types import (
+    EngineHealth,
+    FinishReason,
+    GenerationChunk,
+    GenerationRequest,
+    ModelInfo,
+    TokenLogprob,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -147,12 +157,32 @@ class FakeSequence:
     out: asyncio.Queue[GenerationChunk] = field(default_factory=asyncio.Queue)
     generated: list[int] = field(default_factory=list)
     done: bool = False
+    vocab_size: int = 32000
+    prompt_logprobs_sent: bool = False
 
     @property
     def prompt_len(self) -> int:
         return len(self.request.prompt_token_ids)
 
     def chunk(self, **fields: Any) -> GenerationChunk:
+        """As ``BatchScheduler._chunk``: prompt logprobs on the first chunk, a logprob per token."""
+        params = self.request.sampling
+        if params.prompt_logprobs is not None and not self.prompt_logprobs_sent:
+            self.prompt_logprobs_sent = True
+            prompt = self.request.prompt_token_ids
+            fields["prompt_logprobs"] = [None] + [
+                _fake_logprob(t, prompt[i - 1], params.prompt_logprobs, self.vocab_size)
+                for i, t in enumerate(prompt)
+                if i
+            ]
+        if params.logprobs is not None:
+            context = [*self.request.prompt_token_ids, *self.generated]
+            ids = fields.get("token_ids", [])
+            before = context[len(context) - len(ids) - 1 : len(context) - 1] if ids else []
+            fields["logprobs"] = [
+                _fake_logprob(t, prev, params.logprobs, self.vocab_size)
+                for t, prev in zip(ids, before, strict=True)
+            ]
         return GenerationChunk(
             request_id=self.request.request_id,
             num_prompt_tokens=self.prompt_len,
@@ -161,9 +191,37 @@ class FakeSequence:
         )
 
 
+def _fake_logprob(token: int, previous: int, top_n: int, vocab_size: int) -> TokenLogprob:
+    """A made-up, deterministic logprob of ``token`` after ``previous``: the most likely of its top
+    ``top_n``, the alternatives (other word tokens) less likely, every value negative."""
+    value = -0.05 - (_seed(previous, token) % 400) / 100.0
+    words = vocab_size - FIRST_WORD_ID
+    top = [(token, value)]
+    step = 1
+    while len(top) < top_n and len(top) < words:
+        alt = FIRST_WORD_ID + (token - FIRST_WORD_ID + 7 * step) % words
+        step += 1
+        if all(alt != t for t, _ in top):
+            top.append((alt, value - 0.5 * len(top)))
+    return TokenLogprob(token_id=token, logprob=value, top=top[:top_n])
+
+
 def _merge(first: GenerationChunk, second: GenerationChunk) -> GenerationChunk:
+    """As ``llmaas.engine.batcher.merge_chunks`` (not imported: the fake stays free of torch)."""
+    logprobs = (
+        None
+        if first.logprobs is None and second.logprobs is None
+        else [*(first.logprobs or []), *(second.logprobs or [])]
+    )
     return second.model_copy(
-        update={"text": first.text + second.text, "token_ids": [*first.token_ids, *second.token_ids]}
+        update={
+            "text": first.text + second.text,
+            "token_ids": [*first.token_ids, *second.token_ids],
+            "logprobs": logprobs,
+            "prompt_logprobs": first.prompt_logprobs
+            if first.prompt_logprobs is not None
+            else second.prompt_logprobs,
+        }
     )
 
 
@@ -218,6 +276,7 @@ class FakeEngine(Engine):
             max_new_tokens=max(0, min(params.max_tokens, self.context - len(request.prompt_token_ids))),
             rng=random.Random(self._sequence_seed(request)),
             detok=IncrementalDetokenizer(self._decoder, params.stop),
+            vocab_size=self.args.vocab_size,
         )
         self._waiting.append(seq)
         self._wake.set()
@@ -317,7 +376,7 @@ class FakeEngine(Engine):
             seq = self._waiting.popleft()
             if seq.done:
                 continue
-            if seq.max_new_tokens == 0:  # the prompt fills the context
+            if seq.max_new_tokens == 0:  # the prompt fills the context, or an echo scores it
                 self._finish(seq, FinishReason.LENGTH)
                 continue
             self._running.append(seq)

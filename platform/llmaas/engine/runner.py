@@ -23,6 +23,7 @@ import torch
 
 from llmaas.config.catalog import ModelSpec
 from llmaas.engine.kv_slab import SlabLayer, slab_cache
+from llmaas.engine.quantize import quantize_model
 
 logger = logging.getLogger(__name__)
 
@@ -33,12 +34,14 @@ TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": 
 class StepInput:
     """Everything a rank needs to run one forward step; picklable, identical on every rank."""
 
-    kind: Literal["prefill", "join", "decode"]  # join: prefill new rows, merge into the cache
+    # join: prefill new rows, merge into the cache; score: a forward pass that leaves the cache alone
+    kind: Literal["prefill", "join", "decode", "score"]
     input_ids: torch.Tensor  # [batch, new tokens]
     attention_mask: torch.Tensor  # [batch, cached + new tokens]
     position_ids: torch.Tensor  # [batch, new tokens]
     keep_rows: tuple[int, ...] | None = None  # decode: rows of the cache to keep first, in this order
     trim_left: int = 0  # decode: cache columns (padding in every kept row) to drop first
+    all_logits: bool = False  # logits at every new position (prompt logprobs), not only the last
 
 
 def free_port() -> int:
@@ -119,7 +122,7 @@ class ShardRunner:
             tensor_parallel={"tp_size": self.world_size},
             replace_with_kernel_inject=self.spec.kernel_inject,
         )
-        self.model = engine.module
+        self.model = quantize_model(engine.module, self.spec.quantization)
         self.device = next(self.model.parameters()).device
         loaded = time.perf_counter() - started
         logger.info("rank %d of %s loaded in %.1fs", self.rank, self.spec.id, loaded)
@@ -127,7 +130,11 @@ class ShardRunner:
 
     @torch.inference_mode()
     def step(self, step: StepInput, return_logits: bool = True) -> torch.Tensor | None:
-        """Run one forward step; return the last position's logits per row ([batch, vocab])."""
+        """Run one forward step; return the last position's logits per row ([batch, vocab]).
+
+        With ``step.all_logits``: every new position's logits ([batch, new tokens, vocab]), from the
+        model's own forward (so any final scaling or soft-capping of its logits is included).
+        """
         from transformers import DynamicCache
 
         if not self.spec.resources.uses_gpu:
@@ -147,6 +154,8 @@ class ShardRunner:
             target = self.cache
         elif step.kind == "prefill" and self.supports_join:
             target = slab_cache(self.model.config)
+        elif step.kind == "score":
+            target = None
         else:
             target = DynamicCache(config=self.model.config)
         out = self.model(
@@ -154,17 +163,18 @@ class ShardRunner:
             attention_mask=step.attention_mask.to(self.device),
             position_ids=step.position_ids.to(self.device),
             past_key_values=target,
-            use_cache=True,
-            logits_to_keep=1,
+            use_cache=target is not None,
+            logits_to_keep=0 if step.all_logits else 1,  # 0: every position
         )
         if step.kind == "join":
             for layer, new in zip(self.cache.layers, out.past_key_values.layers, strict=True):
                 layer.join(new.keys, new.values)
-        else:
+        elif step.kind != "score":
             self.cache = out.past_key_values
         if not return_logits:
             return None
-        return out.logits[:, -1, :].float().cpu()
+        logits = out.logits if step.all_logits else out.logits[:, -1, :]
+        return logits.float().cpu()
 
     def release(self) -> None:
         self.cache = None
@@ -233,6 +243,7 @@ class ModelRunner:
         return self.local.supports_join
 
     def step(self, step: StepInput) -> torch.Tensor:
+        """One step on every rank; rank 0's logits (see ``ShardRunner.step``)."""
         pending = self.peers.step(step) if self.peers is not None else []
         logits = self.local.step(step)
         if self.peers is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class FinishReason(str, Enum):
@@ -18,13 +18,47 @@ class SamplingParams(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    max_tokens: int = Field(default=16, ge=1)
+    max_tokens: int = Field(
+        default=16,
+        ge=0,
+        description="0 only with prompt_logprobs: score the prompt, generate nothing (echo).",
+    )
     temperature: float = Field(default=1.0, ge=0.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     top_k: int = Field(default=0, ge=0)
     seed: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
+    # NOTE: the controls below are OpenAI's (and vLLM's repetition_penalty); each row of a batch
+    # carries its own, applied as batched tensor operations in the sampler.
+    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    repetition_penalty: float = Field(default=1.0, gt=0.0, le=10.0)
+    logit_bias: tuple[tuple[int, float], ...] = Field(
+        default=(), description="(token id, bias in -100..100) pairs added to the logits."
+    )
+    min_tokens: int = Field(default=0, ge=0, description="EOS and stop tokens are banned before this many.")
+    logprobs: int | None = Field(
+        default=None,
+        ge=0,
+        le=20,
+        description="Return each generated token's logprob and this many top alternatives (None: none).",
+    )
+    prompt_logprobs: int | None = Field(
+        default=None,
+        ge=0,
+        le=20,
+        description="Return each prompt token's logprob (the first is None) and this many top alternatives.",
+    )
+
+    @model_validator(mode="after")
+    def _nothing_to_generate_only_to_score(self) -> SamplingParams:
+        if self.max_tokens == 0 and self.prompt_logprobs is None:
+            raise ValueError(
+                "max_tokens 0 generates nothing: it is allowed only with prompt_logprobs set (an echo "
+                "that scores the prompt); otherwise ask for at least 1 token"
+            )
+        return self
 
     @property
     def greedy(self) -> bool:
@@ -42,12 +76,30 @@ class GenerationRequest(BaseModel):
     stream: bool = Field(default=True, description="False: one chunk at the end (no per-token messages).")
 
 
+class TokenLogprob(BaseModel):
+    """One position's token and its logprob, with the top alternatives there (most likely first).
+
+    Values are the model's log-softmax over the vocabulary before any sampling processor
+    (temperature, penalties, bias, top-k/p), as vLLM reports them.
+    """
+
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]] = Field(default_factory=list)
+
+
 class GenerationChunk(BaseModel):
     """What the engine yields per step for one sequence. The last one has ``finish_reason`` set."""
 
     request_id: str
     text: str = ""
     token_ids: list[int] = Field(default_factory=list)
+    logprobs: list[TokenLogprob] | None = Field(
+        default=None, description="One per token of token_ids, when the request asked for logprobs."
+    )
+    prompt_logprobs: list[TokenLogprob | None] | None = Field(
+        default=None, description="First chunk only: one per prompt token (the first None), when asked."
+    )
     num_prompt_tokens: int = 0
     num_generated_tokens: int = 0
     finish_reason: FinishReason | None = None

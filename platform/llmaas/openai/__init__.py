@@ -7,10 +7,15 @@ from llmaas.openai.protocol import (
     ChatCompletionResponse,
     CompletionRequest,
     CompletionResponse,
+    DetokenizeRequest,
+    DetokenizeResponse,
     EmbeddingRequest,
     EmbeddingResponse,
     ErrorResponse,
     ModelList,
+    TokenizeChatRequest,
+    TokenizeCompletionRequest,
+    TokenizeResponse,
 )
 from llmaas.openai.service import ModelClient, OpenAIService, TokenizerClient
 
@@ -20,6 +25,8 @@ __all__ = [
     "ChatCompletionResponse",
     "CompletionRequest",
     "CompletionResponse",
+    "DetokenizeRequest",
+    "DetokenizeResponse",
     "EmbeddingRequest",
     "EmbeddingResponse",
     "ErrorResponse",
@@ -27,6 +34,9 @@ __all__ = [
     "ModelList",
     "OpenAIError",
     "OpenAIService",
+    "TokenizeChatRequest",
+    "TokenizeCompletionRequest",
+    "TokenizeResponse",
     "TokenizerClient",
     "from_validation_error",
 ]

@@ -14,7 +14,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
@@ -28,13 +28,25 @@ from llmaas.openai.protocol import (
     ChatCompletionResponse,
     CompletionRequest,
     CompletionResponse,
+    DetokenizeRequest,
+    DetokenizeResponse,
     EmbeddingRequest,
     EmbeddingResponse,
     ErrorResult,
     ModelCard,
     ModelList,
+    TokenizeRequest,
+    TokenizeResponse,
+    tokenize_request_type,
 )
-from llmaas.openai.service import ROUTE_CHAT, ROUTE_COMPLETIONS, ROUTE_EMBEDDINGS, OpenAIService
+from llmaas.openai.service import (
+    ROUTE_CHAT,
+    ROUTE_COMPLETIONS,
+    ROUTE_DETOKENIZE,
+    ROUTE_EMBEDDINGS,
+    ROUTE_TOKENIZE,
+    OpenAIService,
+)
 
 logger = logging.getLogger("ray.serve")
 
@@ -86,6 +98,10 @@ class OpenAIFrontend:
     # ---- HTTP ------------------------------------------------------------------------------------
     async def read(self, route: str, model: type[M], caller: Caller, body: AsyncIterable[bytes]) -> M:
         """The request, validated; the key is checked first. A refusal is counted in the metrics."""
+        return self._parse(route, model, await self._read_json(route, caller, body))
+
+    async def _read_json(self, route: str, caller: Caller, body: AsyncIterable[bytes]) -> Any:
+        """The body as JSON once the caller's key is checked; a refusal is counted in the metrics."""
         # NOTE: Serve's proxy takes X-Request-Id from the client (or makes one) and echoes it in the
         # response; the request log and metrics carry the same id.
         request_id = caller.request_id or uuid.uuid4().hex
@@ -105,6 +121,9 @@ class OpenAIFrontend:
             if refused is not None:
                 self.service.record_refused(route, None, refused)
             raise
+        return data
+
+    def _parse(self, route: str, model: type[M], data: Any) -> M:
         try:
             return parse(model, data)
         except OpenAIError as exc:
@@ -142,6 +161,16 @@ class OpenAIFrontend:
         request = await self.read(ROUTE_EMBEDDINGS, EmbeddingRequest, caller, body)
         return await self.service.embeddings(request)
 
+    async def create_tokenize(self, caller: Caller, body: AsyncIterable[bytes]) -> TokenizeResponse:
+        """vLLM's ``POST /tokenize``: a body with ``messages`` is tokenized as a chat, else ``prompt``."""
+        data = await self._read_json(ROUTE_TOKENIZE, caller, body)
+        request: TokenizeRequest = self._parse(ROUTE_TOKENIZE, tokenize_request_type(data), data)
+        return await self.service.tokenize(request)
+
+    async def create_detokenize(self, caller: Caller, body: AsyncIterable[bytes]) -> DetokenizeResponse:
+        request = await self.read(ROUTE_DETOKENIZE, DetokenizeRequest, caller, body)
+        return await self.service.detokenize(request)
+
     # ---- handles (llmaas.client) -------------------------------------------------------------
     # NOTE: handle callers run inside the Ray cluster, so they need no API key; the ledger records
     # their requests with no key id. Their requests arrive validated (pydantic objects), and a
@@ -157,6 +186,12 @@ class OpenAIFrontend:
 
     async def embeddings(self, request: EmbeddingRequest) -> EmbeddingResponse | ErrorResult:
         return await self._unary(lambda: self.service.embeddings(request))
+
+    async def tokenize(self, request: TokenizeRequest) -> TokenizeResponse | ErrorResult:
+        return await self._unary(lambda: self.service.tokenize(request))
+
+    async def detokenize(self, request: DetokenizeRequest) -> DetokenizeResponse | ErrorResult:
+        return await self._unary(lambda: self.service.detokenize(request))
 
     def completion_stream(
         self, request: CompletionRequest

@@ -13,14 +13,34 @@ import base64
 import contextlib
 import struct
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Iterable, Mapping
 from typing import Protocol, TypeVar
 
+from pydantic import ValidationError
+
 from llmaas.config.catalog import Catalog, ModelSpec, Task
-from llmaas.engine.types import FinishReason, GenerationChunk, GenerationRequest, ModelInfo
+from llmaas.engine.types import (
+    GenerationChunk,
+    GenerationRequest,
+    ModelInfo,
+    SamplingParams,
+    TokenLogprob,
+)
 from llmaas.metrics import UNKNOWN_MODEL, RequestRecorder, RequestTrace, default_request_recorder
+from llmaas.openai.choices import (
+    Choice,
+    Prepared,
+    Prompts,
+    StreamState,
+    absorb,
+    chunk_finish,
+    chunk_output,
+    finish_reason,
+    prepend,
+    prompt_entries,
+)
 from llmaas.openai.errors import OpenAIError, bad_request, internal, known_error, model_not_found
+from llmaas.openai.logprobs import chat_logprobs, completion_logprobs, token_ids
 from llmaas.openai.protocol import (
     AssistantMessage,
     ChatChoice,
@@ -28,16 +48,23 @@ from llmaas.openai.protocol import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChatCompletionResponse,
+    ChoiceLogprobs,
     CompletionChoice,
+    CompletionLogprobs,
     CompletionRequest,
     CompletionResponse,
     DeltaMessage,
+    DetokenizeRequest,
+    DetokenizeResponse,
     EmbeddingData,
     EmbeddingRequest,
     EmbeddingResponse,
     EmbeddingUsage,
     ModelCard,
     ModelList,
+    TokenizeChatRequest,
+    TokenizeRequest,
+    TokenizeResponse,
     Usage,
     new_id,
     now,
@@ -49,6 +76,8 @@ T = TypeVar("T")
 ROUTE_COMPLETIONS = "/v1/completions"
 ROUTE_CHAT = "/v1/chat/completions"
 ROUTE_EMBEDDINGS = "/v1/embeddings"
+ROUTE_TOKENIZE = "/tokenize"
+ROUTE_DETOKENIZE = "/detokenize"
 
 
 class TokenizerClient(Protocol):
@@ -58,6 +87,12 @@ class TokenizerClient(Protocol):
         self, model_id: str, messages: list[dict[str, str]], add_generation_prompt: bool
     ) -> list[int]: ...
 
+    async def token_strings(self, model_id: str, ids: list[int]) -> list[str]:
+        """Each token's own text (special tokens included), as logprobs and /tokenize show it."""
+        ...
+
+    async def decode(self, model_id: str, ids: list[int], skip_special_tokens: bool) -> str: ...
+
 
 class ModelClient(Protocol):
     async def info(self) -> ModelInfo: ...
@@ -65,26 +100,6 @@ class ModelClient(Protocol):
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]: ...
 
     async def embed(self, inputs: list[list[int]]) -> list[list[float]]: ...
-
-
-@dataclass
-class _Choice:
-    text: list[str] = field(default_factory=list)
-    finish_reason: str | None = None
-    completion_tokens: int = 0
-
-
-@dataclass(frozen=True)
-class _Prepared:
-    spec: ModelSpec
-    prompt_ids: list[int]
-    requests: list[GenerationRequest]
-
-
-def _finish_reason(chunk: GenerationChunk) -> str | None:
-    if chunk.finish_reason is None:
-        return None
-    return "length" if chunk.finish_reason is FinishReason.LENGTH else "stop"
 
 
 class OpenAIService:
@@ -103,6 +118,8 @@ class OpenAIService:
         self.models = models
         self.metrics = metrics if metrics is not None else default_request_recorder()
         self._info: dict[str, ModelInfo] = {}
+        # NOTE: token strings by model and id, as logprobs name tokens; bounded by the vocabularies
+        self._token_strs: dict[str, dict[int, str]] = {}
 
     def _trace(self, model: object, route: str, stream: bool = False) -> RequestTrace:
         """A request's metrics; a model the catalog does not hold is tagged ``UNKNOWN_MODEL``."""
@@ -176,88 +193,168 @@ class OpenAIService:
                 raise
             raise mapped from exc
 
+    async def _strings(self, model_id: str, ids: Iterable[int]) -> Mapping[int, str]:
+        """The token strings of ``ids`` (and of every id asked before), from the model's tokenizer."""
+        known = self._token_strs.setdefault(model_id, {})
+        missing = sorted({i for i in ids if i not in known})
+        if missing:
+            strings = await self._call(self.tokenizer.token_strings(model_id, missing))
+            known.update(zip(missing, strings, strict=True))
+        return known
+
     # ---- generation ----------------------------------------------------------------------------
-    async def _prepare(
+    def _sampling(
         self,
         request: CompletionRequest | ChatCompletionRequest,
-        prompt_ids: list[int],
         spec: ModelSpec,
-        param: str,
-    ) -> _Prepared:
+        max_tokens: int,
+        choice: int,
+    ) -> SamplingParams:
+        """The request's sampling; a value the engine refuses is a 400 naming the field, not a 500."""
+        try:
+            return request.to_sampling_params(spec.sampling, max_tokens, choice=choice)
+        except ValidationError as exc:
+            raise _refused(exc) from exc
+
+    def _check_capacity(
+        self, request: CompletionRequest | ChatCompletionRequest, spec: ModelSpec, prompts: int
+    ) -> None:
         room = spec.max_ongoing_requests + spec.batching.max_queued_requests
-        if request.n > room:
+        if request.n * prompts <= room:
+            return
+        held = f"({room}: {spec.max_ongoing_requests} running and {spec.batching.max_queued_requests} queued)"
+        if prompts == 1 or request.n > room:
             raise bad_request(
-                f"n={request.n} asks for more choices than model '{spec.id}' can ever hold at once "
-                f"({room}: {spec.max_ongoing_requests} running and {spec.batching.max_queued_requests} "
-                "queued); lower n.",
+                f"n={request.n} asks for more choices than model '{spec.id}' can ever hold at once {held}; "
+                "lower n.",
                 param="n",
             )
+        raise bad_request(
+            f"{prompts} prompts x n={request.n} ask for {prompts * request.n} sequences, more than model "
+            f"'{spec.id}' can ever hold at once {held}; send fewer prompts per request or lower n.",
+            param="prompt",
+        )
+
+    async def _prepare(
+        self, request: CompletionRequest | ChatCompletionRequest, prompts: Prompts, param: str
+    ) -> Prepared:
+        spec = prompts.spec
+        self._check_capacity(request, spec, len(prompts.ids))
         info = await self.model_info(spec.id)
         limit = info.max_context_length
-        if any(t < 0 or t >= info.vocab_size for t in prompt_ids):
-            raise bad_request(
-                f"prompt holds token ids outside the vocabulary (0..{info.vocab_size - 1})", param=param
-            )
-        if len(prompt_ids) >= limit:
-            raise bad_request(
-                f"This model's maximum context length is {limit} tokens. However, your {param} is "
-                f"{len(prompt_ids)} tokens, which leaves no room for a completion. Shorten the {param}.",
-                param=param,
-                code="context_length_exceeded",
-            )
+        for key in request.logit_bias or {}:
+            if int(key) >= info.vocab_size:
+                raise bad_request(
+                    f"logit_bias names token {key}, outside model '{spec.id}''s vocabulary "
+                    f"(0..{info.vocab_size - 1})",
+                    param="logit_bias",
+                )
         asked = request.requested_max_tokens()
-        if asked is not None and len(prompt_ids) + asked > limit:
-            raise bad_request(
-                f"This model's maximum context length is {limit} tokens. However, you requested "
-                f"{len(prompt_ids) + asked} tokens ({len(prompt_ids)} in the {param}, "
-                f"{asked} in the completion). "
-                "Reduce the length of the prompt or max_tokens.",
-                param="max_completion_tokens"
-                if isinstance(request, ChatCompletionRequest) and request.max_completion_tokens is not None
-                else "max_tokens",
-                code="context_length_exceeded",
-            )
-        max_tokens = asked if asked is not None else min(spec.sampling.max_tokens, limit - len(prompt_ids))
+        max_param = request.max_tokens_param() if isinstance(request, ChatCompletionRequest) else "max_tokens"
         base = uuid.uuid4().hex
-        requests = [
-            GenerationRequest(
-                request_id=f"{base}-{i}",
-                prompt_token_ids=prompt_ids,
-                sampling=request.to_sampling_params(spec.sampling, max_tokens, choice=i),
-                stream=request.stream,
-            )
-            for i in range(request.n)
-        ]
-        return _Prepared(spec=spec, prompt_ids=prompt_ids, requests=requests)
+        requests: list[GenerationRequest] = []
+        # NOTE: max_tokens 0 (echo) needs no room after the prompt, unless the engine makes a token
+        drop = asked == 0 and self._zero_max_tokens(request, spec, 0)[1]
+        room = 0 if asked == 0 and not drop else 1
+        for p, ids in enumerate(prompts.ids):
+            where = param if len(prompts.ids) == 1 else f"{param}[{p}]"
+            if any(t < 0 or t >= info.vocab_size for t in ids):
+                raise bad_request(
+                    f"{where} holds token ids outside the vocabulary (0..{info.vocab_size - 1})", param=where
+                )
+            if len(ids) + room > limit:
+                raise bad_request(
+                    f"This model's maximum context length is {limit} tokens. However, your {where} is "
+                    f"{len(ids)} tokens, which {'leaves no room for a completion' if room else 'is longer'}. "
+                    f"Shorten the {where}.",
+                    param=where,
+                    code="context_length_exceeded",
+                )
+            if asked is not None and len(ids) + asked > limit:
+                raise bad_request(
+                    f"This model's maximum context length is {limit} tokens. However, you requested "
+                    f"{len(ids) + asked} tokens ({len(ids)} in the {where}, {asked} in the completion). "
+                    "Reduce the length of the prompt or max_tokens.",
+                    param=max_param,
+                    code="context_length_exceeded",
+                )
+            max_tokens = asked if asked is not None else min(spec.sampling.max_tokens, limit - len(ids))
+            if request.min_tokens and request.min_tokens > max_tokens:  # NOTE: max_tokens is the default
+                raise bad_request(
+                    f"min_tokens ({request.min_tokens}) is above the completion's maximum ({max_tokens} "
+                    f"tokens, the default for this model and {where}): lower min_tokens or set {max_param}",
+                    param="min_tokens",
+                )
+            for c in range(request.n):
+                if max_tokens == 0:
+                    sampling, _ = self._zero_max_tokens(request, spec, c)
+                else:
+                    sampling = self._sampling(request, spec, max_tokens, c)
+                requests.append(
+                    GenerationRequest(
+                        request_id=f"{base}-{len(requests)}",
+                        prompt_token_ids=ids,
+                        sampling=sampling,
+                        stream=request.stream,
+                    )
+                )
+        return Prepared(
+            spec=spec,
+            prompts=prompts.ids,
+            n=request.n,
+            requests=requests,
+            logprobs=request.engine_logprobs(),
+            prompt_logprobs=request.engine_prompt_logprobs(),
+            drop_generated=drop,
+        )
 
-    async def _completion_prompt(self, request: CompletionRequest) -> tuple[ModelSpec, list[int]]:
+    def _zero_max_tokens(
+        self, request: CompletionRequest | ChatCompletionRequest, spec: ModelSpec, choice: int
+    ) -> tuple[SamplingParams, bool]:
+        """Sampling for no completion (echo): max_tokens 0 where the engine takes it (it does with
+        prompt logprobs), else 1 and a flag that the generated token is to be dropped."""
+        try:
+            return request.to_sampling_params(spec.sampling, 0, choice=choice), False
+        except ValidationError:
+            return self._sampling(request, spec, 1, choice), True
+
+    async def _completion_prompts(self, request: CompletionRequest) -> Prompts:
         spec = self._spec(request.model, Task.GENERATE, "completions")
-        prompt = request.single_prompt()
-        if isinstance(prompt, str):
-            if not prompt:
-                raise bad_request("prompt is empty: give some text", param="prompt")
-            ids = (await self._call(self.tokenizer.encode(spec.id, [prompt], True)))[0]
-        else:
-            ids = prompt
-        if not ids:
-            raise bad_request("prompt encodes to no tokens", param="prompt")
-        return spec, ids
+        given = request.prompts()
+        texts = [(i, p) for i, p in enumerate(given) if isinstance(p, str)]
+        ids: list[list[int]] = [p if isinstance(p, list) else [] for p in given]
+        if texts:
+            encoded = await self._call(self.tokenizer.encode(spec.id, [t for _, t in texts], True))
+            for (i, _), tokens in zip(texts, encoded, strict=True):
+                ids[i] = tokens
+        for i, tokens in enumerate(ids):
+            if not tokens:
+                where = "prompt" if len(ids) == 1 else f"prompt[{i}]"
+                raise bad_request(f"{where} encodes to no tokens", param=where)
+        echo = None
+        if request.echo:
+            # NOTE: a prompt given as token ids echoes as their text, special tokens included
+            echo = [
+                p if isinstance(p, str) else await self._call(self.tokenizer.decode(spec.id, p, False))
+                for p in given
+            ]
+        return Prompts(spec, ids, echo)
 
-    async def _chat_prompt(self, request: ChatCompletionRequest) -> tuple[ModelSpec, list[int]]:
+    async def _chat_prompt(self, request: ChatCompletionRequest) -> Prompts:
         spec = self._spec(request.model, Task.GENERATE, "chat completions")
         ids = await self._call(
             self.tokenizer.chat_template(spec.id, request.template_messages(), request.add_generation_prompt)
         )
         if not ids:
             raise bad_request("messages render to an empty prompt", param="messages")
-        return spec, ids
+        return Prompts(spec, [ids])
 
     async def _merged(
-        self, prepared: _Prepared, trace: RequestTrace
+        self, prepared: Prepared, trace: RequestTrace
     ) -> AsyncGenerator[tuple[int, GenerationChunk], None]:
         """All choices' chunks as they come; closing this cancels every choice."""
         client = self.models[prepared.spec.id]
-        trace.prompt_tokens = len(prepared.prompt_ids)
+        trace.prompt_tokens = prepared.prompt_tokens
         generated = trace.tokens = [0] * len(prepared.requests)
         queue: asyncio.Queue[tuple[int, GenerationChunk | BaseException]] = asyncio.Queue()
 
@@ -278,7 +375,8 @@ class OpenAIService:
                     return
                 if item.error:
                     raise internal(f"generation failed: {item.error}")
-                generated[index] = item.num_generated_tokens
+                if not prepared.drop_generated:
+                    generated[index] = item.num_generated_tokens
                 if trace.first_token_at is None and (item.text or item.token_ids):
                     trace.first_token()
                 if item.finish_reason is not None:
@@ -291,18 +389,14 @@ class OpenAIService:
                 with contextlib.suppress(BaseException):
                     await task
 
-    async def _collect(self, prepared: _Prepared, trace: RequestTrace) -> list[_Choice]:
-        choices = [_Choice() for _ in prepared.requests]
+    async def _collect(self, prepared: Prepared, trace: RequestTrace) -> list[Choice]:
+        choices = [Choice() for _ in prepared.requests]
         async for index, chunk in self._merged(prepared, trace):
-            choice = choices[index]
-            choice.text.append(chunk.text)
-            choice.completion_tokens = chunk.num_generated_tokens
-            if chunk.finish_reason is not None:
-                choice.finish_reason = _finish_reason(chunk)
+            absorb(prepared, choices[index], chunk)
         return choices
 
-    def _usage(self, prepared: _Prepared, completion_tokens: int) -> Usage:
-        prompt = len(prepared.prompt_ids)
+    def _usage(self, prepared: Prepared, completion_tokens: int) -> Usage:
+        prompt = prepared.prompt_tokens
         return Usage(
             prompt_tokens=prompt, completion_tokens=completion_tokens, total_tokens=prompt + completion_tokens
         )
@@ -320,32 +414,70 @@ class OpenAIService:
 
     async def completion(self, request: CompletionRequest) -> CompletionResponse:
         with self._trace(request.model, ROUTE_COMPLETIONS) as trace:
-            spec, ids = await self._completion_prompt(request)
-            prepared = await self._prepare(request, ids, spec, "prompt")
+            prompts = await self._completion_prompts(request)
+            prepared = await self._prepare(request, prompts, "prompt")
             choices = await self._with_timeout(self._collect(prepared, trace))
+            out = await self._completion_choices(request, prompts, prepared, choices)
         return CompletionResponse(
             id=new_id("cmpl"),
             created=now(),
-            model=spec.id,
-            choices=[
-                CompletionChoice(index=i, text="".join(c.text), finish_reason=c.finish_reason)
-                for i, c in enumerate(choices)
-            ],
+            model=prepared.spec.id,
+            choices=out,
             usage=self._usage(prepared, sum(c.completion_tokens for c in choices)),
         )
 
+    async def _completion_choices(
+        self, request: CompletionRequest, prompts: Prompts, prepared: Prepared, choices: list[Choice]
+    ) -> list[CompletionChoice]:
+        tokens: list[tuple[list[int], list[TokenLogprob | None]]] = []
+        strings: Mapping[int, str] = {}
+        if request.logprobs is not None:
+            for index, choice in enumerate(choices):
+                ids: list[int] = list(choice.token_ids)
+                entries: list[TokenLogprob | None] = list(choice.logprobs)
+                if request.echo:
+                    ids = prepared.prompts[prepared.prompt_of(index)] + ids
+                    entries = [*prompt_entries(prepared, index, choice.prompt_logprobs), *entries]
+                tokens.append((ids, entries))
+            wanted = {t for ids, entries in tokens for t in (*ids, *token_ids(entries))}
+            strings = await self._strings(prepared.spec.id, wanted)
+        out = []
+        for index, choice in enumerate(choices):
+            text = "".join(choice.text)
+            if prompts.echo is not None:
+                text = prompts.echo[prepared.prompt_of(index)] + text
+            logprobs = None
+            if request.logprobs is not None:
+                ids, entries = tokens[index]
+                logprobs, _ = completion_logprobs(ids, entries, strings, request.logprobs)
+            out.append(
+                CompletionChoice(
+                    index=index, text=text, logprobs=logprobs, finish_reason=choice.finish_reason
+                )
+            )
+        return out
+
     async def chat(self, request: ChatCompletionRequest) -> ChatCompletionResponse:
         with self._trace(request.model, ROUTE_CHAT) as trace:
-            spec, ids = await self._chat_prompt(request)
-            prepared = await self._prepare(request, ids, spec, "messages")
+            prompts = await self._chat_prompt(request)
+            prepared = await self._prepare(request, prompts, "messages")
             choices = await self._with_timeout(self._collect(prepared, trace))
+            logprobs: list[ChoiceLogprobs | None] = [None] * len(choices)
+            if request.logprobs:
+                wanted = token_ids(entry for c in choices for entry in c.logprobs)
+                strings = await self._strings(prepared.spec.id, wanted)
+                top = request.top_logprobs or 0
+                logprobs = [ChoiceLogprobs(content=chat_logprobs(c.logprobs, strings, top)) for c in choices]
         return ChatCompletionResponse(
             id=new_id("chatcmpl"),
             created=now(),
-            model=spec.id,
+            model=prepared.spec.id,
             choices=[
                 ChatChoice(
-                    index=i, message=AssistantMessage(content="".join(c.text)), finish_reason=c.finish_reason
+                    index=i,
+                    message=AssistantMessage(content="".join(c.text)),
+                    logprobs=logprobs[i],
+                    finish_reason=c.finish_reason,
                 )
                 for i, c in enumerate(choices)
             ],
@@ -354,19 +486,19 @@ class OpenAIService:
 
     async def completion_stream(self, request: CompletionRequest) -> AsyncIterator[CompletionResponse]:
         """Validate first (errors raise before any byte is sent), then stream chunks."""
-        prepared, trace, merged = await self._start_stream(
-            request, ROUTE_COMPLETIONS, self._completion_prompt(request), "prompt"
+        prompts, prepared, trace, merged = await self._start_stream(
+            request, ROUTE_COMPLETIONS, self._completion_prompts(request), "prompt"
         )
-        return self._completion_chunks(request, prepared, trace, merged)
+        return self._completion_chunks(request, prompts, prepared, trace, merged)
 
     async def _start_stream(
         self,
         request: CompletionRequest | ChatCompletionRequest,
         route: str,
-        prompt: Awaitable[tuple[ModelSpec, list[int]]],
+        opening: Awaitable[Prompts],
         param: str,
-    ) -> tuple[_Prepared, RequestTrace, AsyncIterator[tuple[int, GenerationChunk]]]:
-        """A stream's prompt and requests, its trace, and its chunks with the first one already in.
+    ) -> tuple[Prompts, Prepared, RequestTrace, AsyncIterator[tuple[int, GenerationChunk]]]:
+        """A stream's prompts and requests, its trace, and its chunks with the first one already in.
 
         NOTE: waiting for the model's first chunk here means a model that refuses the request
         (full, or not running) is a 503 with Retry-After before any byte is sent, not an error
@@ -375,8 +507,8 @@ class OpenAIService:
         """
         trace = self._trace(request.model, route, stream=True)
         try:
-            spec, ids = await prompt
-            prepared = await self._prepare(request, ids, spec, param)
+            prompts = await opening
+            prepared = await self._prepare(request, prompts, param)
             merged = self._merged(prepared, trace)
             try:
                 first = await merged.__anext__()
@@ -385,7 +517,7 @@ class OpenAIService:
             except BaseException:
                 await merged.aclose()
                 raise
-            return prepared, trace, _prepend(first, merged)
+            return prompts, prepared, trace, prepend(first, merged)
         except BaseException as exc:
             trace.finish(exc)
             raise
@@ -393,23 +525,46 @@ class OpenAIService:
     async def _completion_chunks(
         self,
         request: CompletionRequest,
-        prepared: _Prepared,
+        prompts: Prompts,
+        prepared: Prepared,
         trace: RequestTrace,
         merged: AsyncIterator[tuple[int, GenerationChunk]],
     ) -> AsyncIterator[CompletionResponse]:
         rid, created, total = new_id("cmpl"), now(), 0
+        states = [StreamState() for _ in prepared.requests]
         with trace:
             async for index, chunk in merged:
-                if not chunk.text and chunk.finish_reason is None:
-                    continue
-                if chunk.finish_reason is not None:
+                state = states[index]
+                text, ids, entries = chunk_output(prepared, chunk)
+                if not state.started:
+                    # NOTE: a choice's first chunk carries the echoed prompt (and its logprobs)
+                    state.started = True
+                    if prompts.echo is not None:
+                        text = prompts.echo[prepared.prompt_of(index)] + text
+                        if request.logprobs is not None:
+                            state.ids.extend(prepared.prompts[prepared.prompt_of(index)])
+                            state.entries.extend(prompt_entries(prepared, index, chunk.prompt_logprobs))
+                state.ids.extend(ids)
+                state.entries.extend(entries)
+                finish = chunk_finish(prepared, chunk)
+                if chunk.finish_reason is not None and not prepared.drop_generated:
                     total += chunk.num_generated_tokens
+                if not text and finish is None:
+                    continue  # NOTE: logprobs of tokens without text yet go out with the next text
+                logprobs: CompletionLogprobs | None = None
+                if request.logprobs is not None:
+                    wanted = {*state.ids, *token_ids(state.entries)}
+                    strings = await self._strings(prepared.spec.id, wanted)
+                    logprobs, state.offset = completion_logprobs(
+                        state.ids, state.entries, strings, request.logprobs, state.offset
+                    )
+                    state.ids, state.entries = [], []
                 yield CompletionResponse(
                     id=rid,
                     created=created,
                     model=prepared.spec.id,
                     choices=[
-                        CompletionChoice(index=index, text=chunk.text, finish_reason=_finish_reason(chunk))
+                        CompletionChoice(index=index, text=text, logprobs=logprobs, finish_reason=finish)
                     ],
                 )
             if request.stream_options and request.stream_options.include_usage:
@@ -422,7 +577,7 @@ class OpenAIService:
                 )
 
     async def chat_stream(self, request: ChatCompletionRequest) -> AsyncIterator[ChatCompletionChunk]:
-        prepared, trace, merged = await self._start_stream(
+        _, prepared, trace, merged = await self._start_stream(
             request, ROUTE_CHAT, self._chat_prompt(request), "messages"
         )
         return self._chat_chunks(request, prepared, trace, merged)
@@ -430,12 +585,13 @@ class OpenAIService:
     async def _chat_chunks(
         self,
         request: ChatCompletionRequest,
-        prepared: _Prepared,
+        prepared: Prepared,
         trace: RequestTrace,
         merged: AsyncIterator[tuple[int, GenerationChunk]],
     ) -> AsyncIterator[ChatCompletionChunk]:
         rid, created, total = new_id("chatcmpl"), now(), 0
         model = prepared.spec.id
+        pending: list[list[TokenLogprob]] = [[] for _ in prepared.requests]
         with trace:
             for index in range(len(prepared.requests)):
                 yield ChatCompletionChunk(
@@ -445,21 +601,87 @@ class OpenAIService:
                     choices=[ChatChunkChoice(index=index, delta=DeltaMessage(role="assistant", content=""))],
                 )
             async for index, chunk in merged:
-                if not chunk.text and chunk.finish_reason is None:
-                    continue
+                text, _, entries = chunk_output(prepared, chunk)
+                pending[index].extend(entries)
+                if not text and chunk.finish_reason is None:
+                    continue  # NOTE: logprobs of tokens without text yet go out with the next text
                 if chunk.finish_reason is not None:
                     total += chunk.num_generated_tokens
-                delta = DeltaMessage(content=chunk.text) if chunk.text else DeltaMessage()
+                logprobs = None
+                if request.logprobs:
+                    strings = await self._strings(model, token_ids(pending[index]))
+                    content = chat_logprobs(pending[index], strings, request.top_logprobs or 0)
+                    logprobs, pending[index] = ChoiceLogprobs(content=content), []
+                delta = DeltaMessage(content=text) if text else DeltaMessage()
                 yield ChatCompletionChunk(
                     id=rid,
                     created=created,
                     model=model,
-                    choices=[ChatChunkChoice(index=index, delta=delta, finish_reason=_finish_reason(chunk))],
+                    choices=[
+                        ChatChunkChoice(
+                            index=index, delta=delta, logprobs=logprobs, finish_reason=finish_reason(chunk)
+                        )
+                    ],
                 )
             if request.stream_options and request.stream_options.include_usage:
                 yield ChatCompletionChunk(
                     id=rid, created=created, model=model, choices=[], usage=self._usage(prepared, total)
                 )
+
+    # ---- tokenize / detokenize (vLLM's routes) ----------------------------------------------------
+    def _any_spec(self, model: str) -> ModelSpec:
+        """A served model of any task (every one has a tokenizer)."""
+        spec = self.catalog.get(model)
+        if spec is None or model not in self.models:
+            raise model_not_found(model, [m.id for m in self.catalog.models])
+        return spec
+
+    async def _known_info(self, spec: ModelSpec) -> ModelInfo | None:
+        """The model's info, without waking a model scaled to zero (None then, unless cached)."""
+        info = self._info.get(spec.id)
+        if info is None and not self._wakes(spec.id):
+            info = await self.model_info(spec.id)
+        return info
+
+    async def tokenize(self, request: TokenizeRequest) -> TokenizeResponse:
+        with self._trace(request.model, ROUTE_TOKENIZE):
+            spec = self._any_spec(request.model)
+            if isinstance(request, TokenizeChatRequest):
+                ids = await self._call(
+                    self.tokenizer.chat_template(
+                        spec.id, request.template_messages(), request.add_generation_prompt
+                    )
+                )
+            else:
+                encoded = await self._call(
+                    self.tokenizer.encode(spec.id, [request.prompt], request.add_special_tokens)
+                )
+                ids = encoded[0]
+            strs = (
+                await self._call(self.tokenizer.token_strings(spec.id, ids))
+                if request.return_token_strs
+                else None
+            )
+            info = await self._known_info(spec)
+            limit = info.max_context_length if info is not None else spec.max_context_length
+            if limit is None:
+                limit = (await self.model_info(spec.id)).max_context_length
+            return TokenizeResponse(count=len(ids), max_model_len=limit, tokens=ids, token_strs=strs)
+
+    async def detokenize(self, request: DetokenizeRequest) -> DetokenizeResponse:
+        with self._trace(request.model, ROUTE_DETOKENIZE):
+            spec = self._any_spec(request.model)
+            info = await self._known_info(spec)
+            if info is not None:
+                for i, token in enumerate(request.tokens):
+                    if token >= info.vocab_size:
+                        raise bad_request(
+                            f"tokens[{i}] is {token}, outside model '{spec.id}''s vocabulary "
+                            f"(0..{info.vocab_size - 1})",
+                            param=f"tokens[{i}]",
+                        )
+            text = await self._call(self.tokenizer.decode(spec.id, list(request.tokens), False))
+            return DetokenizeResponse(prompt=text)
 
     # ---- embeddings ------------------------------------------------------------------------------
     async def embeddings(self, request: EmbeddingRequest) -> EmbeddingResponse:
@@ -524,19 +746,14 @@ class OpenAIService:
         return out
 
 
-async def _prepend(
-    first: tuple[int, GenerationChunk] | None, rest: AsyncIterator[tuple[int, GenerationChunk]]
-) -> AsyncIterator[tuple[int, GenerationChunk]]:
-    """``first`` (when there is one), then ``rest``; closing this closes ``rest`` (cancelling it)."""
-    try:
-        if first is not None:
-            yield first
-        async for item in rest:
-            yield item
-    finally:
-        aclose = getattr(rest, "aclose", None)
-        if aclose is not None:
-            await aclose()
+def _refused(exc: ValidationError) -> OpenAIError:
+    """The engine's refusal of a sampling value as a 400 naming the field (its name is the request's)."""
+    first = exc.errors(include_url=False)[0]
+    reason = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    if not first.get("loc"):
+        return bad_request(f"Invalid request: {reason}")
+    name = str(first["loc"][0])
+    return bad_request(f"Invalid value for '{name}': {reason}", param=name)
 
 
 async def _raise(exc: BaseException) -> None:

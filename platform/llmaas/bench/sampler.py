@@ -1,0 +1,204 @@
+"""Micro-benchmark of the batched sampler: what per-row sampling controls cost a decode step.
+
+    python -m llmaas.bench.sampler [--vocab 49152] [--batch 32] [--threads 1] [--model DIR]
+
+Times one step's token selection (``llmaas.engine.sampling.sample_batch``) on random logits
+over SmolLM2's vocabulary, for
+
+- ``argmax``: what a greedy batch cost before the controls existed (``argmax(...).tolist()``);
+- ``plain``: a batch where no row uses any control (the fast path);
+- ``mixed``: half the rows plain greedy, half with presence, frequency and repetition
+  penalties (a 200-token prompt, 100 tokens generated), a 10-token ``logit_bias`` and
+  ``logprobs=5``;
+- ``mixed_sampled``: as ``mixed``, the controlled half also sampled (temperature, top-p, seed).
+
+Configurations take turns step by step (so load on a shared machine hits them alike) and the
+median step is reported. With ``--model`` (a Hugging Face directory, e.g. SmolLM2's under
+``.models/``) it also times a decode forward pass of the same batch (cache of ``--context``
+tokens) and reports what the plain rows of a mixed batch keep of their all-plain throughput:
+``(forward + plain) / (forward + mixed)``, the issue's goal being at least 0.9.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel
+
+from llmaas.engine.sampling import SequenceSampler, sample_batch
+from llmaas.engine.types import SamplingParams
+
+EOS = 2
+
+
+class SamplerBench(BaseModel):
+    vocab: int
+    batch: int
+    threads: int
+    steps: int
+    ms: dict[str, float]  # median per step, by configuration
+    fast_path_overhead: float  # plain / argmax - 1
+    mixed_over_plain: float  # sampling time ratio
+    forward_ms: float | None = None  # one decode forward pass of the batch (with --model)
+    plain_rows_throughput_ratio: float | None = None  # (forward + plain) / (forward + mixed)
+    plain_rows_throughput_ratio_sampled: float | None = None  # same, against mixed_sampled
+    load_average: tuple[float, float, float] | None = None
+
+
+def controlled(temperature: float, seed: int) -> SamplingParams:
+    return SamplingParams(
+        temperature=temperature,
+        top_p=0.95 if temperature else 1.0,
+        seed=seed if temperature else None,
+        presence_penalty=0.5,
+        frequency_penalty=0.5,
+        repetition_penalty=1.2,
+        logit_bias=tuple((100 + 37 * i, 5.0 if i % 2 else -100.0) for i in range(10)),
+        logprobs=5,
+    )
+
+
+def make_rows(kind: str, batch: int, vocab: int) -> list[SequenceSampler]:
+    """The batch of configuration ``kind``, controlled rows with a realistic history."""
+    gen = torch.Generator().manual_seed(0)
+    rows: list[SequenceSampler] = []
+    for i in range(batch):
+        if kind in ("plain", "argmax") or i % 2 == 0:
+            rows.append(SequenceSampler(SamplingParams(temperature=0.0)))
+            continue
+        params = controlled(0.8 if kind == "mixed_sampled" else 0.0, seed=i)
+        prompt = torch.randint(0, vocab, (200,), generator=gen).tolist()
+        row = SequenceSampler(params, prompt)
+        for token in torch.randint(0, vocab, (100,), generator=gen).tolist():
+            row.record(token)
+        rows.append(row)
+    return rows
+
+
+def _sample(logits: torch.Tensor, rows: list[SequenceSampler]) -> object:
+    return sample_batch(logits, rows, eos_token_ids={EOS})
+
+
+def forward_ms(model_dir: Path, batch: int, context: int, steps: int) -> float:
+    """Median decode step (one token per row, ``context`` cached) of the model at ``model_dir``."""
+    from transformers import AutoModelForCausalLM, DynamicCache
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    ids = torch.randint(3, int(model.config.vocab_size), (batch, context))
+    times = []
+    with torch.inference_mode():
+        cache = DynamicCache(config=model.config)
+        model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        for i in range(steps):
+            token = torch.randint(3, int(model.config.vocab_size), (batch, 1))
+            started = time.perf_counter()
+            model(
+                input_ids=token,
+                position_ids=torch.full((batch, 1), context + i),
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            times.append((time.perf_counter() - started) * 1000.0)
+    return statistics.median(times)
+
+
+def run(
+    *,
+    vocab: int = 49152,
+    batch: int = 32,
+    threads: int = 1,
+    rounds: int = 5,
+    steps: int = 40,
+    model: Path | None = None,
+    context: int = 128,
+) -> SamplerBench:
+    torch.set_num_threads(threads)
+    gen = torch.Generator().manual_seed(1)
+    logits = [torch.randn((batch, vocab), generator=gen) * 3 for _ in range(8)]
+    steps_of: dict[str, Callable[[torch.Tensor], object]] = {
+        "argmax": lambda x: torch.argmax(x, dim=-1).tolist()
+    }
+    for kind in ("plain", "mixed", "mixed_sampled"):
+        rows = make_rows(kind, batch, vocab)
+        steps_of[kind] = functools.partial(_sample, rows=rows)
+    times: dict[str, list[float]] = {kind: [] for kind in steps_of}
+    for step in steps_of.values():  # warm
+        step(logits[0])
+    # NOTE: the configurations take turns step by step, so load on a shared machine hits them alike
+    for i in range(rounds * steps):
+        for kind, step in steps_of.items():
+            started = time.perf_counter()
+            step(logits[i % len(logits)])
+            times[kind].append((time.perf_counter() - started) * 1000.0)
+    ms = {kind: statistics.median(values) for kind, values in times.items()}
+    report = SamplerBench(
+        vocab=vocab,
+        batch=batch,
+        threads=threads,
+        steps=len(times["plain"]),
+        ms=ms,
+        fast_path_overhead=ms["plain"] / ms["argmax"] - 1.0,
+        mixed_over_plain=ms["mixed"] / ms["plain"],
+        load_average=os.getloadavg() if hasattr(os, "getloadavg") else None,
+    )
+    if model is not None:
+        forward = forward_ms(model, batch, context, steps)
+        report.forward_ms = forward
+        report.plain_rows_throughput_ratio = (forward + ms["plain"]) / (forward + ms["mixed"])
+        report.plain_rows_throughput_ratio_sampled = (forward + ms["plain"]) / (forward + ms["mixed_sampled"])
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--vocab", type=int, default=49152, help="vocabulary size (SmolLM2's by default)")
+    parser.add_argument("--batch", type=int, default=32, help="rows per step")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds over the configurations")
+    parser.add_argument("--steps", type=int, default=40, help="steps per configuration and round")
+    parser.add_argument("--model", type=Path, default=None, help="a model directory: time its forward too")
+    parser.add_argument("--context", type=int, default=128, help="cached tokens per row for --model")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    args = parser.parse_args(argv)
+    report = run(
+        vocab=args.vocab,
+        batch=args.batch,
+        threads=args.threads,
+        rounds=args.rounds,
+        steps=args.steps,
+        model=args.model,
+        context=args.context,
+    )
+    if args.json:
+        print(json.dumps(report.model_dump(), indent=2))
+        return 0
+    print(
+        f"vocab {report.vocab}, batch {report.batch}, {report.threads} thread(s), {report.steps} steps each"
+    )
+    for kind, value in report.ms.items():
+        print(f"  {kind:>14}: {value:7.3f} ms/step")
+    print(f"  fast path over the old argmax: {report.fast_path_overhead:+.1%}")
+    print(f"  mixed / plain sampling time:   {report.mixed_over_plain:.2f}x")
+    if report.forward_ms is not None:
+        print(f"  decode forward pass:           {report.forward_ms:.1f} ms/step")
+        print(f"  plain rows' throughput, mixed vs all-plain batch: {report.plain_rows_throughput_ratio:.3f}")
+        sampled = report.plain_rows_throughput_ratio_sampled
+        print(f"  ... with the controlled half sampled (top-p): {sampled:.3f}")
+    if report.load_average is not None:
+        print("  load average: " + ", ".join(f"{v:.2f}" for v in report.load_average))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -497,7 +497,9 @@ def plan_catalog(catalog: Catalog, *, shape: Shape = "split") -> Plan:
             name=deployment.app,
             route_prefix=None,
             import_path=MODEL_IMPORT_PATH,
-            args={"model": spec.model_dump(mode="json", exclude={"replicas"}), "cache_dir": cache_dir},
+            args=ModelArgs(model=spec, cache_dir=cache_dir).model_dump(
+                mode="json", exclude={"model": {"replicas"}}
+            ),
             deployments=(deployment,),
         )
         for spec, deployment in models
@@ -507,14 +509,12 @@ def plan_catalog(catalog: Catalog, *, shape: Shape = "split") -> Plan:
             name=deployment.app,
             route_prefix=None,
             import_path=POOL_IMPORT_PATH,
-            args={
-                "name": pool_name,
-                "pool": catalog.pools[pool_name].model_dump(mode="json", exclude={"replicas"}),
-                "models": [
-                    m.model_dump(mode="json", exclude={"replicas"}) for m in catalog.pool_members(pool_name)
-                ],
-                "cache_dir": cache_dir,
-            },
+            args=PoolArgs(
+                name=pool_name,
+                pool=catalog.pools[pool_name],
+                models=catalog.pool_members(pool_name),
+                cache_dir=cache_dir,
+            ).model_dump(mode="json", exclude={"pool": {"replicas"}, "models": {"__all__": {"replicas"}}}),
             deployments=(deployment,),
         )
         for pool_name, deployment in zip(catalog.pools, pools, strict=True)

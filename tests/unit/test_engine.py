@@ -146,7 +146,7 @@ def test_context_limit_caps_generation(engine, reference):
 
 
 def test_chunks_that_pile_up_are_merged_in_order():
-    from llmaas.engine.batcher import merge_chunks
+    from llmaas.engine.chunks import merge_chunks
     from llmaas.engine.types import GenerationChunk
 
     a = GenerationChunk(request_id="r", text="Hel", token_ids=[1], num_generated_tokens=1)
@@ -346,7 +346,7 @@ def test_max_tokens_zero_needs_prompt_logprobs():
 
 
 def test_non_streaming_and_merged_chunks_keep_one_logprob_per_token(engine, reference):
-    from llmaas.engine.batcher import merge_chunks
+    from llmaas.engine.chunks import merge_chunks
     from llmaas.engine.types import GenerationChunk, TokenLogprob
 
     eng, loop = engine

@@ -23,6 +23,7 @@ from typing import Any, Literal
 import torch
 
 from llmaas.config.catalog import ModelSpec
+from llmaas.engine.chunks import coalesced
 from llmaas.engine.detokenizer import Decoder, IncrementalDetokenizer
 from llmaas.engine.errors import EngineNotReady
 from llmaas.engine.kv_budget import KVBudget
@@ -74,25 +75,6 @@ class Sequence:
             self.loop.call_soon_threadsafe(self.out.put_nowait, chunk)
         except RuntimeError:  # the replica's event loop is closed: nobody is listening any more
             self.cancelled = True
-
-
-def merge_chunks(first: GenerationChunk, second: GenerationChunk) -> GenerationChunk:
-    """Two consecutive chunks of one sequence as one (logprobs stay one per token)."""
-    logprobs = (
-        None
-        if first.logprobs is None and second.logprobs is None
-        else [*(first.logprobs or []), *(second.logprobs or [])]
-    )
-    return second.model_copy(
-        update={
-            "text": first.text + second.text,
-            "token_ids": [*first.token_ids, *second.token_ids],
-            "logprobs": logprobs,
-            "prompt_logprobs": first.prompt_logprobs
-            if first.prompt_logprobs is not None
-            else second.prompt_logprobs,
-        }
-    )
 
 
 @dataclass
@@ -207,24 +189,9 @@ class BatchScheduler:
         self._waiting.put(seq)
         if self.failed:  # NOTE: fail() ran between the check above and the add: it did not see seq
             self.fail(self.last_error or "the engine failed")
-        interval = self.spec.batching.stream_interval
-        first = True
         try:
-            while True:
-                chunk = await seq.out.get()
-                # NOTE: a slow reader gets what piled up as one chunk, and after the first token a
-                # message carries ``stream_interval`` tokens, so per-message costs (Serve
-                # streaming, SSE) scale with messages, not with tokens.
-                while chunk.finish_reason is None and (
-                    not request.stream
-                    or not seq.out.empty()
-                    or (not first and len(chunk.token_ids) < interval)
-                ):
-                    chunk = merge_chunks(chunk, await seq.out.get())
+            async for chunk in coalesced(seq.out, request.stream, self.spec.batching.stream_interval):
                 yield chunk
-                first = False
-                if chunk.finish_reason is not None:
-                    return
         finally:
             self._live.discard(seq)
             if not seq.done:

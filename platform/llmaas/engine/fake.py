@@ -36,6 +36,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from llmaas.config.catalog import ModelSpec, Task
+from llmaas.engine.chunks import coalesced
 from llmaas.engine.detokenizer import IncrementalDetokenizer
 from llmaas.engine.errors import EngineError, EngineNotReady, UnsupportedTask
 from llmaas.engine.protocol import Engine
@@ -206,25 +207,6 @@ def _fake_logprob(token: int, previous: int, top_n: int, vocab_size: int) -> Tok
     return TokenLogprob(token_id=token, logprob=value, top=top[:top_n])
 
 
-def _merge(first: GenerationChunk, second: GenerationChunk) -> GenerationChunk:
-    """As ``llmaas.engine.batcher.merge_chunks`` (not imported: the fake stays free of torch)."""
-    logprobs = (
-        None
-        if first.logprobs is None and second.logprobs is None
-        else [*(first.logprobs or []), *(second.logprobs or [])]
-    )
-    return second.model_copy(
-        update={
-            "text": first.text + second.text,
-            "token_ids": [*first.token_ids, *second.token_ids],
-            "logprobs": logprobs,
-            "prompt_logprobs": first.prompt_logprobs
-            if first.prompt_logprobs is not None
-            else second.prompt_logprobs,
-        }
-    )
-
-
 class FakeEngine(Engine):
     """Continuous batching over no model: a step appends one drawn token to every running sequence."""
 
@@ -280,23 +262,10 @@ class FakeEngine(Engine):
         )
         self._waiting.append(seq)
         self._wake.set()
-        interval = self.spec.batching.stream_interval
-        first = True
         try:
-            while True:
-                chunk = await seq.out.get()
-                # NOTE: as BatchScheduler.generate: what piled up goes as one chunk, and after the
-                # first token a message carries at least ``stream_interval`` tokens.
-                while chunk.finish_reason is None and (
-                    not request.stream
-                    or not seq.out.empty()
-                    or (not first and len(chunk.token_ids) < interval)
-                ):
-                    chunk = _merge(chunk, await seq.out.get())
+            # NOTE: messages are shaped as BatchScheduler's (llmaas.engine.chunks)
+            async for chunk in coalesced(seq.out, request.stream, self.spec.batching.stream_interval):
                 yield chunk
-                first = False
-                if chunk.finish_reason is not None:
-                    return
         finally:
             if not seq.done:  # closed early (client gone): the slot is free from now on
                 seq.done = True

@@ -17,3 +17,18 @@ class EngineNotReady(EngineError):
 
 class UnsupportedTask(EngineError):
     """The model cannot do what was asked (400): embeddings from a generative model, say."""
+
+
+class InvalidStructuredOutput(EngineError):
+    """A structured-output constraint the engine cannot compile, or not within its bounds (400).
+
+    ``param`` names the request field it came from (``response_format``, ``tools``...).
+    """
+
+    def __init__(self, message: str, param: str = "response_format") -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (self.__class__, (self.message, self.param))

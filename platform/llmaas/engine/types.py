@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import Enum
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -11,6 +12,43 @@ class FinishReason(str, Enum):
     STOP = "stop"  # EOS or a stop string
     LENGTH = "length"  # max_tokens or the context limit
     ABORT = "abort"  # cancelled (client gone) or engine failure
+
+
+class StructuredOutput(BaseModel):
+    """A constraint on what one sequence may generate, decoded through a grammar.
+
+    ``json``: a JSON value valid for ``json_schema`` (JSON text of the schema; None: any JSON
+    object, OpenAI's ``json_object``). ``regex``: text matching ``regex`` in full. ``choice``:
+    exactly one of ``choice``. The engine compiles it off its step loop, within a time and size
+    bound, and refuses what it cannot compile with an ``InvalidStructuredOutput`` naming ``param``
+    (the request field it came from, for the 400). Output ends (EOS) only where the grammar
+    accepts, so a finished sequence is valid by construction; ``max_tokens`` can still cut it.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["json", "regex", "choice"]
+    json_schema: str | None = None
+    regex: str | None = None
+    choice: tuple[str, ...] = ()
+    param: str = Field(default="response_format", description="The request field errors name.")
+
+    @model_validator(mode="after")
+    def _one_spec(self) -> StructuredOutput:
+        given = {
+            "json_schema": self.json_schema is not None,
+            "regex": self.regex is not None,
+            "choice": bool(self.choice),
+        }
+        allowed = {"json": {"json_schema"}, "regex": {"regex"}, "choice": {"choice"}}[self.kind]
+        extra = [name for name, present in given.items() if present and name not in allowed]
+        if extra:
+            raise ValueError(f"structured output of kind {self.kind!r} takes no {', '.join(extra)}")
+        if self.kind == "regex" and self.regex is None:
+            raise ValueError("structured output of kind 'regex' needs regex")
+        if self.kind == "choice" and not self.choice:
+            raise ValueError("structured output of kind 'choice' needs at least one choice")
+        return self
 
 
 class SamplingParams(BaseModel):
@@ -49,6 +87,9 @@ class SamplingParams(BaseModel):
         ge=0,
         le=20,
         description="Return each prompt token's logprob (the first is None) and this many top alternatives.",
+    )
+    structured: StructuredOutput | None = Field(
+        default=None, description="Constrain the output to a JSON schema, a regex or a choice."
     )
 
     @model_validator(mode="after")

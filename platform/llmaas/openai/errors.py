@@ -14,7 +14,13 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from llmaas.config.base import model_at
-from llmaas.engine.errors import EngineError, EngineNotReady, EngineOverloaded, UnsupportedTask
+from llmaas.engine.errors import (
+    EngineError,
+    EngineNotReady,
+    EngineOverloaded,
+    InvalidStructuredOutput,
+    UnsupportedTask,
+)
 from llmaas.errors import (
     AuthError,
     CatalogModelNotFound,
@@ -121,6 +127,8 @@ def known_error(exc: BaseException) -> OpenAIError | None:
         return unavailable(str(exc), retry_after_s=5, code="model_not_ready")
     if isinstance(exc, UnsupportedTask):
         return bad_request(str(exc), param="model", code="wrong_task")
+    if isinstance(exc, InvalidStructuredOutput):
+        return bad_request(exc.message, param=exc.param, code="invalid_structured_output")
     if isinstance(exc, EngineError):
         return internal(str(exc))
     return None

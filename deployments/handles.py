@@ -63,11 +63,19 @@ class HandleTokenizer:
         return result
 
     async def chat_template(
-        self, model_id: str, messages: list[dict[str, str]], add_generation_prompt: bool
+        self,
+        model_id: str,
+        messages: list[dict[str, Any]],
+        add_generation_prompt: bool,
+        tools: list[dict[str, Any]] | None = None,
     ) -> list[int]:
         result: list[int] = await _await(
-            lambda: self._handle.chat_template.remote(model_id, messages, add_generation_prompt)
+            lambda: self._handle.chat_template.remote(model_id, messages, add_generation_prompt, tools)
         )
+        return result
+
+    async def supports_tools(self, model_id: str) -> bool:
+        result: bool = await _await(lambda: self._handle.supports_tools.remote(model_id))
         return result
 
     async def token_strings(self, model_id: str, ids: list[int]) -> list[str]:

@@ -32,9 +32,16 @@ class Tokenizer:
         return self.pool.encode(model_id, texts, add_special_tokens)
 
     def chat_template(
-        self, model_id: str, messages: list[dict[str, str]], add_generation_prompt: bool = True
+        self,
+        model_id: str,
+        messages: list[dict[str, Any]],
+        add_generation_prompt: bool = True,
+        tools: list[dict[str, Any]] | None = None,
     ) -> list[int]:
-        return self.pool.chat_template(model_id, messages, add_generation_prompt)
+        return self.pool.chat_template(model_id, messages, add_generation_prompt, tools)
+
+    def supports_tools(self, model_id: str) -> bool:
+        return self.pool.supports_tools(model_id)
 
     def token_strings(self, model_id: str, ids: list[int]) -> list[str]:
         return self.pool.token_strings(model_id, ids)

@@ -43,8 +43,19 @@ class TokenizerPool:
         encoded = tokenizer(texts, add_special_tokens=add_special_tokens, truncation=False, verbose=False)
         return [list(ids) for ids in encoded["input_ids"]]
 
+    def supports_tools(self, model_id: str) -> bool:
+        """Whether the model's chat template renders ``tools`` itself (it mentions them)."""
+        template = getattr(self.get(model_id), "chat_template", None)
+        if isinstance(template, dict):  # NOTE: named templates; HF picks "tool_use" when tools are given
+            return "tool_use" in template or any("tools" in str(t) for t in template.values())
+        return isinstance(template, str) and "tools" in template
+
     def chat_template(
-        self, model_id: str, messages: list[dict[str, str]], add_generation_prompt: bool = True
+        self,
+        model_id: str,
+        messages: list[dict[str, Any]],
+        add_generation_prompt: bool = True,
+        tools: list[dict[str, Any]] | None = None,
     ) -> list[int]:
         tokenizer = self.get(model_id)
         if not getattr(tokenizer, "chat_template", None):
@@ -56,7 +67,7 @@ class TokenizerPool:
             )
         try:
             text = tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=add_generation_prompt
+                messages, tools=tools, tokenize=False, add_generation_prompt=add_generation_prompt
             )
         except Exception as exc:  # jinja raises for conversations the template refuses
             raise TokenizationError(
@@ -97,8 +108,14 @@ class RemoteTokenizer(Protocol):
     async def encode(self, model_id: str, texts: list[str], add_special_tokens: bool) -> list[list[int]]: ...
 
     async def chat_template(
-        self, model_id: str, messages: list[dict[str, str]], add_generation_prompt: bool
+        self,
+        model_id: str,
+        messages: list[dict[str, Any]],
+        add_generation_prompt: bool,
+        tools: list[dict[str, Any]] | None = None,
     ) -> list[int]: ...
+
+    async def supports_tools(self, model_id: str) -> bool: ...
 
     async def token_strings(self, model_id: str, ids: list[int]) -> list[str]: ...
 
@@ -136,12 +153,22 @@ class LocalFirstTokenizer:
         return await self.remote.encode(model_id, texts, add_special_tokens)
 
     async def chat_template(
-        self, model_id: str, messages: list[dict[str, str]], add_generation_prompt: bool
+        self,
+        model_id: str,
+        messages: list[dict[str, Any]],
+        add_generation_prompt: bool,
+        tools: list[dict[str, Any]] | None = None,
     ) -> list[int]:
         chars = sum(len(str(v)) for message in messages for v in message.values())
+        chars += len(str(tools)) if tools else 0
         if self._inline(model_id, chars):
-            return self.pool.chat_template(model_id, messages, add_generation_prompt)
-        return await self.remote.chat_template(model_id, messages, add_generation_prompt)
+            return self.pool.chat_template(model_id, messages, add_generation_prompt, tools)
+        return await self.remote.chat_template(model_id, messages, add_generation_prompt, tools)
+
+    async def supports_tools(self, model_id: str) -> bool:
+        if self.pool.has(model_id):
+            return self.pool.supports_tools(model_id)
+        return await self.remote.supports_tools(model_id)
 
     async def token_strings(self, model_id: str, ids: list[int]) -> list[str]:
         if self._inline(model_id, len(ids)):

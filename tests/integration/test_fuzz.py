@@ -246,9 +246,15 @@ FIELD_CASES: list[tuple[str, dict[str, Any], str | None, str]] = [
     ),
     (
         "/v1/chat/completions",
+        {**CHAT, "response_format": {"type": "text", "x": [[[]]]}},
+        "response_format.x",
+        "Unrecognized request argument",
+    ),
+    (
+        "/v1/chat/completions",
         _chat({"role": "assistant", "content": None, "tool_calls": [{"id": "a", "type": "function"}]}),
-        "messages[0].tool_calls",
-        "tool calls are not supported",
+        "messages[0].tool_calls[0].function",
+        "Missing required parameter",
     ),
     # prompts over the context, as token ids and as chat
     ("/v1/completions", {**COMPLETION, "prompt": [5] * 200}, "prompt", "maximum context length is 128"),
@@ -381,7 +387,13 @@ def test_vanishing_temperature_is_greedy_not_a_failed_batch(http: httpx.Client) 
         {**CHAT, "n": 2.0, "max_tokens": 1.0, "seed": 7.0},  # integers, in JSON Schema's sense
         {**CHAT, "stop": ["\u0000", "x" * 10_000], "max_tokens": 2},
         {**CHAT, "seed": -(2**63), "temperature": 2, "top_k": -1, "max_tokens": 2},
-        {**CHAT, "response_format": {"type": "text", "x": [[[]]]}, "max_tokens": 1},
+        {
+            **CHAT,
+            "response_format": {"type": "text"},
+            "tool_choice": "none",
+            "parallel_tool_calls": True,
+            "max_tokens": 1,
+        },
         _chat({"role": "assistant", "content": None}, {"role": "user", "content": "hi"}, max_tokens=1),
         _chat(
             {"role": "user", "content": "hi", "name": "n", "refusal": None, "tool_calls": []}, max_tokens=1
@@ -392,7 +404,7 @@ def test_vanishing_temperature_is_greedy_not_a_failed_batch(http: httpx.Client) 
         "integral-floats",
         "odd-stops",
         "extreme-sampling",
-        "text-format-extras",
+        "text-format-no-tools",
         "null-assistant",
         "openai-keys",
     ],

@@ -20,7 +20,7 @@ def test_handle_client_sync_async_streaming(base_url):
     reply = client.chat(
         "tiny-llama", [{"role": "user", "content": "What is the capital of France?"}], max_tokens=20
     )
-    assert "Paris" in reply.choices[0].message.content
+    assert "Paris" in (reply.choices[0].message.content or "")
     text = "".join(
         c.choices[0].delta.content or ""
         for c in client.stream_chat("tiny-llama", [{"role": "user", "content": "Hello"}])
@@ -41,7 +41,7 @@ def test_handle_client_sync_async_streaming(base_url):
             async for c in client.astream_complete("tiny-llama", "One, two,", max_tokens=6, temperature=0)
             if c.choices
         ]
-        return chat.choices[0].message.content, "".join(pieces)
+        return chat.choices[0].message.content or "", "".join(pieces)
 
     chat_text, streamed = asyncio.run(run_async())
     assert chat_text.startswith("Hello")

@@ -182,9 +182,17 @@ class FakeTokenizer:
         return [[1 + (ord(c) % 50) for c in text] for text in texts]
 
     async def chat_template(
-        self, model_id: str, messages: list[dict[str, str]], add_generation_prompt: bool
+        self,
+        model_id: str,
+        messages: list[dict[str, Any]],
+        add_generation_prompt: bool,
+        tools: list[dict[str, Any]] | None = None,
     ) -> list[int]:
+        self.rendered = (messages, tools)
         return [2] * sum(len(m["content"]) for m in messages)
+
+    async def supports_tools(self, model_id: str) -> bool:
+        return False
 
     async def token_strings(self, model_id: str, ids: list[int]) -> list[str]:
         return [f"<{i}>" for i in ids]

@@ -114,9 +114,16 @@ def test_model_level_error_names_no_param():
 
 
 def test_validator_reason_is_passed_through():
-    err = error_for(ChatCompletionRequest, chat(tools=[{"type": "function"}]))
-    assert err.param == "tools"
-    assert err.message == "Invalid value for 'tools': tool calling is not supported yet: leave tools unset"
+    tools = [{"type": "function", "function": {"name": "get_weather"}}]
+    err = error_for(
+        ChatCompletionRequest,
+        chat(tools=tools, tool_choice={"type": "function", "function": {"name": "get_time"}}),
+    )
+    assert err.param == "tool_choice"
+    assert err.message == (
+        "Invalid value for 'tool_choice': tool_choice names function 'get_time', which is not among the "
+        "tools (get_weather)"
+    )
 
 
 def test_empty_messages_list():
@@ -152,8 +159,30 @@ def test_stream_options_need_stream():
         ({"max_tokens": 0}, "max_tokens", "greater than or equal to 1"),
         ({"max_completion_tokens": 0}, "max_completion_tokens", "greater than or equal to 1"),
         ({"model": ""}, "model", "at least 1 character"),
-        ({"response_format": {"type": "json_object"}}, "response_format", "'json_object' is not supported"),
-        ({"tools": [{"type": "function"}]}, "tools", "tool calling is not supported"),
+        (
+            {"response_format": {"type": "json_schema"}},
+            "response_format.json_schema",
+            "type json_schema needs json_schema",
+        ),
+        ({"response_format": {"type": "xml"}}, "response_format.type", "Input should be"),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": 5}}}},
+            "response_format.json_schema.schema",
+            "not a valid JSON schema",
+        ),
+        ({"tools": [{"type": "function"}]}, "tools[0].function", "Missing required parameter"),
+        ({"tools": [{"type": "function", "function": {"name": "a b"}}]}, "tools[0].function.name", "pattern"),
+        ({"tool_choice": "required"}, "tool_choice", "no tools are given"),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "objet"}}}]},
+            "tools[0].function.parameters",
+            "not a valid JSON schema",
+        ),
+        (
+            {"structured_outputs": {"regex": "a+", "choice": ["a"]}},
+            "structured_outputs",
+            "exactly one of json, regex and choice",
+        ),
         ({"stop": ""}, "stop", "non-empty"),
         ({"stop": ["a", ""]}, "stop", "non-empty"),
         ({"stop": ["s"] * (MAX_STOP_SEQUENCES + 1)}, "stop", "at most 16 stop sequences"),

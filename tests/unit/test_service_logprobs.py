@@ -201,10 +201,12 @@ def engine_needs_one_token(monkeypatch: pytest.MonkeyPatch) -> None:
     """As if the engine's SamplingParams never took max_tokens 0."""
     original = CompletionRequest.to_sampling_params
 
-    def to_sampling_params(self: CompletionRequest, defaults: Any, max_tokens: int, choice: int = 0) -> Any:
+    def to_sampling_params(
+        self: CompletionRequest, defaults: Any, max_tokens: int, choice: int = 0, structured: Any = None
+    ) -> Any:
         if max_tokens == 0:
             SamplingParams(max_tokens=-1)  # raises the engine's ValidationError
-        return original(self, defaults, max_tokens, choice)
+        return original(self, defaults, max_tokens, choice, structured)
 
     monkeypatch.setattr(CompletionRequest, "to_sampling_params", to_sampling_params)
 

@@ -137,7 +137,9 @@ def test_min_tokens_above_the_default_maximum_is_400():
 
 
 def test_a_value_the_engine_refuses_is_a_400_naming_it(monkeypatch: pytest.MonkeyPatch):
-    def refused(self: CompletionRequest, defaults: Any, max_tokens: int, choice: int = 0) -> SamplingParams:
+    def refused(
+        self: CompletionRequest, defaults: Any, max_tokens: int, choice: int = 0, structured: Any = None
+    ) -> SamplingParams:
         return SamplingParams(max_tokens=max_tokens, repetition_penalty=-1.0)
 
     monkeypatch.setattr(CompletionRequest, "to_sampling_params", refused)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,10 +25,18 @@ class CountingRemote:
         return self.pool.encode(model_id, texts, add_special_tokens)
 
     async def chat_template(
-        self, model_id: str, messages: list[dict[str, str]], add_generation_prompt: bool
+        self,
+        model_id: str,
+        messages: list[dict[str, Any]],
+        add_generation_prompt: bool,
+        tools: list[dict[str, Any]] | None = None,
     ) -> list[int]:
         self.calls.append("chat_template")
-        return self.pool.chat_template(model_id, messages, add_generation_prompt)
+        return self.pool.chat_template(model_id, messages, add_generation_prompt, tools)
+
+    async def supports_tools(self, model_id: str) -> bool:
+        self.calls.append("supports_tools")
+        return self.pool.supports_tools(model_id)
 
     async def token_strings(self, model_id: str, ids: list[int]) -> list[str]:
         self.calls.append("token_strings")
@@ -133,14 +142,13 @@ def test_remote_errors_keep_their_shape_across_the_handle():
     # the tokenizer deployment raises TokenizationError; Serve hands the router a RayTaskError
     import pickle
     from types import SimpleNamespace
-    from typing import Any
 
     from ray.exceptions import RayTaskError
 
     from llmaas.deployments.handles import HandleTokenizer
 
     async def refusing(
-        model_id: str, messages: list[dict[str, str]], add_generation_prompt: bool
+        model_id: str, messages: list[dict[str, str]], add_generation_prompt: bool, tools: object = None
     ) -> list[int]:
         cause = TokenizationError(f"model '{model_id}' has no chat template", "model", "no_chat_template")
         raise pickle.loads(
@@ -161,7 +169,6 @@ def test_remote_errors_keep_their_shape_across_the_handle():
 
 def test_handle_tokenizer_forwards_token_strings_and_decode():
     from types import SimpleNamespace
-    from typing import Any
 
     from llmaas.deployments.handles import HandleTokenizer
 

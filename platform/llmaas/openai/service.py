@@ -14,7 +14,7 @@ import contextlib
 import struct
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Iterable, Mapping
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from pydantic import ValidationError
 
@@ -27,6 +27,7 @@ from llmaas.engine.types import (
     TokenLogprob,
 )
 from llmaas.metrics import UNKNOWN_MODEL, RequestRecorder, RequestTrace, default_request_recorder
+from llmaas.openai import tools as tool_calling
 from llmaas.openai.choices import (
     Choice,
     Prepared,
@@ -65,6 +66,7 @@ from llmaas.openai.protocol import (
     TokenizeChatRequest,
     TokenizeRequest,
     TokenizeResponse,
+    ToolCall,
     Usage,
     new_id,
     now,
@@ -84,8 +86,16 @@ class TokenizerClient(Protocol):
     async def encode(self, model_id: str, texts: list[str], add_special_tokens: bool) -> list[list[int]]: ...
 
     async def chat_template(
-        self, model_id: str, messages: list[dict[str, str]], add_generation_prompt: bool
+        self,
+        model_id: str,
+        messages: list[dict[str, Any]],
+        add_generation_prompt: bool,
+        tools: list[dict[str, Any]] | None = None,
     ) -> list[int]: ...
+
+    async def supports_tools(self, model_id: str) -> bool:
+        """Whether the model's chat template renders tools itself."""
+        ...
 
     async def token_strings(self, model_id: str, ids: list[int]) -> list[str]:
         """Each token's own text (special tokens included), as logprobs and /tokenize show it."""
@@ -120,6 +130,7 @@ class OpenAIService:
         self._info: dict[str, ModelInfo] = {}
         # NOTE: token strings by model and id, as logprobs name tokens; bounded by the vocabularies
         self._token_strs: dict[str, dict[int, str]] = {}
+        self._tool_templates: dict[str, bool] = {}  # model id: its chat template renders tools
 
     def _trace(self, model: object, route: str, stream: bool = False) -> RequestTrace:
         """A request's metrics; a model the catalog does not hold is tagged ``UNKNOWN_MODEL``."""
@@ -210,9 +221,13 @@ class OpenAIService:
         max_tokens: int,
         choice: int,
     ) -> SamplingParams:
-        """The request's sampling; a value the engine refuses is a 400 naming the field, not a 500."""
+        """The request's sampling; a value the engine refuses is a 400 naming the field, not a 500.
+
+        A required or named tool choice constrains the reply to its calls' schema.
+        """
+        calls = tool_calling.call_constraint(request) if isinstance(request, ChatCompletionRequest) else None
         try:
-            return request.to_sampling_params(spec.sampling, max_tokens, choice=choice)
+            return request.to_sampling_params(spec.sampling, max_tokens, choice=choice, structured=calls)
         except ValidationError as exc:
             raise _refused(exc) from exc
 
@@ -340,10 +355,18 @@ class OpenAIService:
             ]
         return Prompts(spec, ids, echo)
 
+    async def _supports_tools(self, model_id: str) -> bool:
+        known = self._tool_templates.get(model_id)
+        if known is None:
+            known = self._tool_templates[model_id] = await self._call(self.tokenizer.supports_tools(model_id))
+        return known
+
     async def _chat_prompt(self, request: ChatCompletionRequest) -> Prompts:
         spec = self._spec(request.model, Task.GENERATE, "chat completions")
+        native = bool(request.tools) and await self._supports_tools(spec.id)
+        messages, tools = tool_calling.template_messages(request, native_tools=native)
         ids = await self._call(
-            self.tokenizer.chat_template(spec.id, request.template_messages(), request.add_generation_prompt)
+            self.tokenizer.chat_template(spec.id, messages, request.add_generation_prompt, tools)
         )
         if not ids:
             raise bad_request("messages render to an empty prompt", param="messages")
@@ -473,12 +496,7 @@ class OpenAIService:
             created=now(),
             model=prepared.spec.id,
             choices=[
-                ChatChoice(
-                    index=i,
-                    message=AssistantMessage(content="".join(c.text)),
-                    logprobs=logprobs[i],
-                    finish_reason=c.finish_reason,
-                )
+                _chat_choice(request, i, "".join(c.text), c.finish_reason, logprobs[i])
                 for i, c in enumerate(choices)
             ],
             usage=self._usage(prepared, sum(c.completion_tokens for c in choices)),
@@ -592,6 +610,7 @@ class OpenAIService:
         rid, created, total = new_id("chatcmpl"), now(), 0
         model = prepared.spec.id
         pending: list[list[TokenLogprob]] = [[] for _ in prepared.requests]
+        tools = [tool_calling.ToolStream(request) for _ in prepared.requests]
         with trace:
             for index in range(len(prepared.requests)):
                 yield ChatCompletionChunk(
@@ -603,7 +622,11 @@ class OpenAIService:
             async for index, chunk in merged:
                 text, _, entries = chunk_output(prepared, chunk)
                 pending[index].extend(entries)
-                if not text and chunk.finish_reason is None:
+                text, calls = tools[index].push(text)
+                if chunk.finish_reason is not None:
+                    rest, more = tools[index].finish()
+                    text, calls = text + rest, calls + more
+                if not text and not calls and chunk.finish_reason is None:
                     continue  # NOTE: logprobs of tokens without text yet go out with the next text
                 if chunk.finish_reason is not None:
                     total += chunk.num_generated_tokens
@@ -612,15 +635,16 @@ class OpenAIService:
                     strings = await self._strings(model, token_ids(pending[index]))
                     content = chat_logprobs(pending[index], strings, request.top_logprobs or 0)
                     logprobs, pending[index] = ChoiceLogprobs(content=content), []
-                delta = DeltaMessage(content=text) if text else DeltaMessage()
+                delta = DeltaMessage(content=text or None, tool_calls=calls or None)
+                finish = finish_reason(chunk)
+                if finish == "stop" and tools[index].calls:
+                    finish = "tool_calls"
                 yield ChatCompletionChunk(
                     id=rid,
                     created=created,
                     model=model,
                     choices=[
-                        ChatChunkChoice(
-                            index=index, delta=delta, logprobs=logprobs, finish_reason=finish_reason(chunk)
-                        )
+                        ChatChunkChoice(index=index, delta=delta, logprobs=logprobs, finish_reason=finish)
                     ],
                 )
             if request.stream_options and request.stream_options.include_usage:
@@ -744,6 +768,24 @@ class OpenAIService:
 
         await asyncio.gather(*(probe(m) for m in self.models))
         return out
+
+
+def _chat_choice(
+    request: ChatCompletionRequest, index: int, text: str, finish: str | None, logprobs: ChoiceLogprobs | None
+) -> ChatChoice:
+    """A chat choice: its text as content, or as tool calls where the request has tools."""
+    calls: list[ToolCall] | None = None
+    if request.calls_tools():
+        calls = tool_calling.parse_constrained(request, text)
+        if calls is not None:
+            text = ""
+    elif request.tools and request.effective_tool_choice() == "auto":
+        text, parsed = tool_calling.parse_auto(text, [t.function.name for t in request.tools])
+        calls = parsed or None
+    if calls and finish == "stop":
+        finish = "tool_calls"
+    message = AssistantMessage(content=text if text or not calls else None, tool_calls=calls)
+    return ChatChoice(index=index, message=message, logprobs=logprobs, finish_reason=finish)
 
 
 def _refused(exc: ValidationError) -> OpenAIError:

@@ -134,6 +134,25 @@ class BatchingConfig(BaseConfig):
     )
 
 
+class ResponseCacheConfig(BaseConfig):
+    """The router's exact-response cache for one model (off unless enabled).
+
+    Only requests whose answer is a function of their body are cached: greedy (temperature 0) or
+    seeded, one choice. A request takes part when it sends ``"cache": true`` (or always, with
+    ``default: true``); ``"cache": false`` always bypasses it. Each router replica holds its own.
+    """
+
+    enabled: bool = Field(default=False, description="Whether this model's answers may be cached.")
+    default: bool = Field(
+        default=False, description="Cache requests that do not say (true), or only opt-ins."
+    )
+    ttl_s: float = Field(default=600.0, gt=0, description="How long an answer stays.")
+    max_entries: int = Field(default=1024, ge=1)
+    max_bytes: int = Field(
+        default=64 * 2**20, ge=1024, description="Bytes of answers held per router replica."
+    )
+
+
 class SamplingDefaults(BaseConfig):
     """Sampling parameters used where a request leaves them out."""
 
@@ -301,6 +320,7 @@ class ModelSpec(BaseConfig):
     )
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     sampling: SamplingDefaults = Field(default_factory=SamplingDefaults)
+    response_cache: ResponseCacheConfig = Field(default_factory=ResponseCacheConfig)
     replicas: ReplicaConfig = Field(default_factory=ReplicaConfig)
     resources: WorkerResources = Field(default_factory=WorkerResources)
     kernel_inject: bool = Field(

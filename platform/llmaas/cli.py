@@ -9,6 +9,7 @@ Examples:
   llmaas status                             # replicas and load of every model of a running platform
   llmaas bench --catalog bench --model bench-llama --baselines all   # the committed benchmark
   llmaas bench --url http://127.0.0.1:8000 --model smollm2-135m-instruct    # load-test a running platform
+  llmaas bench --catalog bench --model bench-llama --workload shared-prefix --compare-catalog other.yaml
   llmaas keys create --catalog models.yaml --name alice --rpm 60    # an API key (catalog with a gateway)
   llmaas usage --catalog models.yaml --since 24h                    # requests and tokens per key and model
 """
@@ -195,95 +196,124 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
     from llmaas.bench import BenchConfig
-    from llmaas.bench.report import write_suite_json, write_suite_plot
-    from llmaas.bench.suite import ALL_BASELINES, Baseline, run_suite
+    from llmaas.bench.loadgen import Target
+    from llmaas.bench.metrics import Slo
+    from llmaas.bench.report import format_report, write_suite_json, write_suite_plot
+    from llmaas.bench.suite import (
+        ALL_BASELINES,
+        COMPARE,
+        Baseline,
+        compare_catalog,
+        deploy_compare,
+        parse_settings,
+        remove_compare,
+        run_suite,
+    )
+    from llmaas.bench.workloads import WorkloadError
+    from llmaas.errors import CatalogEditError, CatalogModelNotFound
+
+    def fail(message: str) -> int:
+        print(f"error: {message}", file=sys.stderr)
+        return 2
 
     names = ALL_BASELINES if args.baselines == "all" else tuple(b for b in args.baselines.split(",") if b)
     unknown = [b for b in names if b not in ALL_BASELINES]
     if unknown:
-        print(
-            f"error: unknown baseline(s) {unknown}; choose from {', '.join(ALL_BASELINES)}", file=sys.stderr
+        return fail(f"unknown baseline(s) {unknown}; choose from {', '.join(ALL_BASELINES)}")
+    if names and args.workload != "random":
+        return fail(f"the baselines run the random workload only: drop --baselines for {args.workload}")
+    if args.compare_url and (args.compare_catalog or args.compare_set):
+        return fail("--compare-url names a running server: leave out --compare-catalog and --compare-set")
+    try:
+        config = BenchConfig(
+            url=args.url or "http://127.0.0.1:8000",
+            model=args.model,
+            concurrency=[int(c) for c in args.concurrency.split(",") if c],
+            rate=[float(r) for r in args.rate.split(",") if r],
+            requests_per_level=args.requests,
+            prompt_words=(args.prompt_min, args.prompt_max),
+            output_tokens=(args.output_min, args.output_max),
+            api_key=args.api_key,
+            workload=args.workload,
+            prefix_tokens=args.prefix_tokens,
+            question_tokens=args.question_tokens,
+            turns=args.turns,
+            decodes=args.decodes,
+            long_prompt_tokens=args.long_prompt_tokens,
+            rounds=args.rounds,
+            goodput=Slo.parse(args.goodput) if args.goodput else None,
         )
-        return 2
+    except (ValidationError, ValueError) as exc:
+        return fail(str(exc))
     started_here = args.url is None
-    url = args.url
-    spec, model_dir, catalog = None, None, None
-    if started_here or names:  # the baselines load the model's weights themselves
+    deploying_compare = bool(args.compare_catalog or args.compare_set)
+    spec, model_dir, catalog, compare_cat = None, None, None, None
+    if started_here or names or args.compare_set:  # the baselines load the model's weights themselves
         catalog = _load(args.catalog)
         if catalog is None:
             return 2
         spec = next((m for m in catalog.models if m.id == args.model), None)
         if spec is None:
             served = ", ".join(m.id for m in catalog.models)
-            print(f"error: model {args.model!r} is not in the catalog (it has: {served})", file=sys.stderr)
+            return fail(f"model {args.model!r} is not in the catalog (it has: {served})")
+    if deploying_compare:
+        base = _load(args.compare_catalog) if args.compare_catalog else catalog
+        if base is None:
             return 2
+        try:
+            compare_cat = compare_catalog(base, args.model, parse_settings(args.compare_set or []))
+        except (ValueError, CatalogEditError, CatalogModelNotFound) as exc:
+            return fail(str(exc))
+        prepare(compare_cat, on_ready=_show_path)
+    if catalog is not None and spec is not None and (started_here or names):
         model_dir = prepare(catalog, on_ready=_show_path)[spec.id]
     if started_here:
-        from llmaas.launch import start_platform
+        from llmaas.launch import cpus_needed, start_platform
 
         assert spec is not None and catalog is not None
-        # NOTE: room for the serve-batch baseline's replica next to the platform's.
-        url = start_platform(catalog, port=args.port, extra_cpus=spec.resources.num_cpus)
-    elif "serve-batch" in names:
+        # NOTE: room for the serve-batch baseline's replica and the comparison's next to the platform's.
+        extra = spec.resources.num_cpus + (cpus_needed(compare_cat) if compare_cat else 0.0)
+        config.url = start_platform(catalog, port=args.port, extra_cpus=extra)
+    elif "serve-batch" in names or deploying_compare:
         import ray
 
         ray.init(address="auto", log_to_driver=False)
-    config = BenchConfig(
-        url=url,
-        model=args.model,
-        concurrency=[int(c) for c in args.concurrency.split(",") if c],
-        rate=[float(r) for r in args.rate.split(",") if r],
-        requests_per_level=args.requests,
-        prompt_words=(args.prompt_min, args.prompt_max),
-        output_tokens=(args.output_min, args.output_max),
-        api_key=args.api_key,
-    )
     baselines: list[Baseline] = [b for b in ALL_BASELINES if b in names]
     levels = [int(c) for c in args.baseline_concurrency.split(",") if c]
+    compare: Target | None = None
+    source = ""
     try:
-        report = run_suite(config, spec, model_dir, baselines, levels)
+        if compare_cat is not None:
+            compare = config.target(COMPARE, deploy_compare(compare_cat, config.url))
+            source = " ".join(
+                [f"catalog {args.compare_catalog or args.catalog or '(embedded default)'}"]
+                + [f"with {item}" for item in args.compare_set or []]
+            )
+        elif args.compare_url:
+            compare, source = config.target(COMPARE, args.compare_url.rstrip("/")), args.compare_url
+        report = run_suite(config, spec, model_dir, baselines, levels, compare=compare, compare_source=source)
+    except WorkloadError as exc:
+        return fail(str(exc))
     finally:
         if started_here:
             from llmaas.launch import stop_platform
 
             stop_platform()
-    print(
-        f"{'target':<13}{'mode':<12}{'level':>7}{'ok':>6}{'err':>5}{'tok/s':>9}{'req/s':>8}"
-        f"{'TTFT p50/p99 ms':>18}{'TPOT p50/p99 ms':>18}{'e2e p50/p99 ms':>18}"
-    )
-    for name, levels_run in report.results.items():
-        for r in levels_run:
-            print(
-                f"{name:<13}{r.mode:<12}{r.level:>7g}{r.requests - r.errors:>6}{r.errors:>5}"
-                f"{r.output_tok_s:>9.1f}{r.req_s:>8.2f}"
-                f"{_pair(r.ttft_p50_ms, r.ttft_p99_ms):>18}{_pair(r.tpot_p50_ms, r.tpot_p99_ms):>18}"
-                f"{_pair(r.e2e_p50_ms, r.e2e_p99_ms):>18}"
-            )
-    if report.limit:
-        by_batch = ", ".join(f"{b}: {v:.0f}" for b, v in report.limit.tok_s_by_batch.items())
-        print(
-            f"limit: static generate tok/s by batch size {{{by_batch}}}; "
-            f"prefill p50 {report.limit.prefill_ms_p50} ms"
-        )
-    for name, reason in report.skipped.items():
-        print(f"skipped {name}: {reason}")
-    for key, value in report.summary.model_dump().items():
-        if value is not None:
-            print(f"  {key}: {value}")
+        elif compare_cat is not None:
+            remove_compare(compare_cat)
+    print(format_report(report))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_suite_json(out / "bench.json", report)
     plotted = write_suite_plot(out / "bench.png", report)
     print(
         f"wrote {out / 'bench.json'}"
-        + (f" and {out / 'bench.png'}" if plotted else " (no plot: pip install matplotlib)")
+        + (f" and {out / 'bench.png'}" if plotted else " (no plot: no closed-loop levels, or no matplotlib)")
     )
-    return 1 if any(r.errors for r in report.results.get("llmaas", [])) else 0
-
-
-def _pair(a: float | None, b: float | None) -> str:
-    return "-" if a is None or b is None else f"{a:.0f}/{b:.0f}"
+    return 1 if any(r.errors for name in ("llmaas", COMPARE) for r in report.results.get(name, [])) else 0
 
 
 def parser() -> argparse.ArgumentParser:
@@ -372,6 +402,53 @@ def parser() -> argparse.ArgumentParser:
     bench_p.add_argument("--output-max", type=int, default=128)
     bench_p.add_argument("--api-key", help="a key for a platform whose catalog has a gateway")
     bench_p.add_argument("--out", default="bench-results")
+    work = bench_p.add_argument_group("workload (random: --prompt-min/--prompt-max words)")
+    work.add_argument(
+        "--workload",
+        choices=["random", "shared-prefix", "multi-turn", "long-prompt-interference"],
+        default="random",
+        help="random prompts (default); one shared system prompt + distinct questions (chat); "
+        "conversations resending the whole history (chat); streaming decodes + one long prompt",
+    )
+    work.add_argument(
+        "--prefix-tokens",
+        type=int,
+        default=1000,
+        help="shared-prefix: the shared system prompt; multi-turn: each conversation's opening document",
+    )
+    work.add_argument(
+        "--question-tokens",
+        type=int,
+        default=32,
+        help="the distinct question of a shared-prefix request or a turn; an interference decode's prompt",
+    )
+    work.add_argument("--turns", type=int, default=4, help="multi-turn: turns per conversation")
+    work.add_argument(
+        "--decodes", type=int, default=16, help="long-prompt-interference: running streaming decodes"
+    )
+    work.add_argument(
+        "--long-prompt-tokens", type=int, default=2000, help="long-prompt-interference: the long prompt"
+    )
+    work.add_argument("--rounds", type=int, default=1, help="long-prompt-interference: rounds, pooled")
+    bench_p.add_argument(
+        "--goodput",
+        help="SLOs in ms, e.g. ttft:500,tpot:100 (keys ttft, tpot, e2el): report requests/s meeting all",
+    )
+    side = bench_p.add_argument_group(
+        "side by side: the same workload on a second target, level by level; ratios are this / that"
+    )
+    side.add_argument("--compare-url", help="a running server to compare with")
+    side.add_argument(
+        "--compare-catalog",
+        help="a catalog whose entry for --model is deployed beside the platform (under /compare)",
+    )
+    side.add_argument(
+        "--compare-set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a change to --model's entry for the comparison (repeatable, dotted, YAML value), "
+        "e.g. batching.max_batch_size=8",
+    )
     bench_p.set_defaults(func=cmd_bench)
     return p
 

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from llmaas.bench import BenchConfig, LevelReport, RequestResult, summarize
 from llmaas.bench.inprocess import StaticLimit
 from llmaas.bench.loadgen import make_requests
@@ -64,3 +66,68 @@ def test_suite_summary_states_the_targets_as_ratios():
     assert summary.vs_best_batching_baseline == 2.0
     assert summary.unary_vs_naive == 16.5 and summary.unary_vs_best_batching_baseline == 2.2
     assert summary.ttft_c1_above_prefill_ms == 5.0
+
+
+def test_the_workload_summary_reads_the_comparison_at_the_summary_level():
+    from llmaas.bench.metrics import TurnStats, compare_levels
+    from llmaas.bench.report import format_report
+
+    def level(ttft_ms: float, tok_s: float, cached: int | None) -> LevelReport:
+        report = _level(32, tok_s, ttft_ms=ttft_ms)
+        report.prompt_tokens, report.cached_tokens = 1000, cached
+        report.cache_hit_rate = None if cached is None else cached / 1000
+        report.turns = [
+            TurnStats(turn=t, requests=8, errors=0, prompt_tokens_mean=100.0 * t, ttft_p50_ms=ttft_ms * t,
+                      ttft_p90_ms=None, ttft_p99_ms=None)
+            for t in (1, 4)
+        ]  # fmt: skip
+        return report
+
+    on, off = [level(20.0, 300, 750)], [level(80.0, 310, None)]
+    report = SuiteReport(
+        model="m", model_dir="", machine={}, config=BenchConfig(model="m", workload="multi-turn"),
+        baseline_concurrency=[], results={"llmaas": on, "compare": off},
+        comparison=compare_levels("llmaas", on, "compare", off, "catalog off.yaml"),
+    )  # fmt: skip
+    summary = summarize_suite(report)
+    assert summary.workload == "multi-turn" and summary.cache_hit_rate == 0.75
+    assert summary.vs_compare_ttft_p50 == 0.25 and summary.vs_compare_last_turn_ttft_p50 == 0.25
+    assert summary.vs_compare_saturation_tok_s == round(300 / 310, 3)
+    assert summary.last_turn_ttft_p50_ms == 80.0
+    report.summary = summary
+    text = format_report(report)
+    assert "side by side: llmaas / compare (catalog off.yaml)" in text
+    assert "TTFT p50/p99 ms by turn {1: 20/-, 4: 80/-}" in text
+
+
+def test_compare_settings_patch_the_benched_model_alone():
+    from llmaas.api import load_catalog
+    from llmaas.bench.suite import compare_catalog, parse_settings
+    from llmaas.errors import CatalogEditError, CatalogModelNotFound
+
+    patch = parse_settings(["batching.max_batch_size=8", "batching.stream_interval=1", "kernel_inject=false"])
+    assert patch == {"batching": {"max_batch_size": 8, "stream_interval": 1}, "kernel_inject": False}
+    base = load_catalog("bench")
+    other = compare_catalog(base, "bench-llama", patch)
+    assert other.app_name == "llmaas-compare" and [m.id for m in other.models] == ["bench-llama"]
+    assert other.models[0].batching.max_batch_size == 8 and other.models[0].batching.stream_interval == 1
+    assert base.get("bench-llama").batching.max_batch_size == 64  # type: ignore[union-attr]
+    with pytest.raises(CatalogEditError, match=r"models\.0\.prefix_cache"):  # not a setting (yet)
+        compare_catalog(base, "bench-llama", parse_settings(["prefix_cache=false"]))
+    with pytest.raises(CatalogModelNotFound, match="no model 'nope'"):
+        compare_catalog(base, "nope", {})
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_settings(["prefix_cache"])
+
+
+def test_bench_refuses_option_mixes_before_starting_anything(capsys):
+    from llmaas.cli import main
+
+    assert main(["bench", "--model", "m", "--workload", "multi-turn", "--baselines", "naive"]) == 2
+    assert "random workload only" in capsys.readouterr().err
+    assert main(["bench", "--model", "m", "--goodput", "ttft=5"]) == 2
+    assert "KEY:MILLISECONDS" in capsys.readouterr().err
+    assert main(["bench", "--model", "m", "--compare-url", "http://x", "--compare-set", "a=1"]) == 2
+    assert "--compare-url" in capsys.readouterr().err
+    assert main(["bench", "--model", "m", "--output-min", "9", "--output-max", "3"]) == 2
+    assert "output_tokens" in capsys.readouterr().err

@@ -12,6 +12,11 @@ One after another (never two at once, so none steals the others' cores):
   served model's weight bytes, so that batch-1 decode can be read as a share of bandwidth / weight
   bytes (``llmaas.bench.roofline``).
 
+Side by side: with a comparison target (another server, or the same model from another catalog or
+with changed settings, deployed beside the platform under ``/compare``), every level runs on the
+platform and then on it, back to back, and the report holds their ratios (``comparison``). The
+baselines run the random workload only.
+
 A baseline that cannot run here is recorded with the reason, not silently dropped.
 """
 
@@ -25,20 +30,24 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
+import yaml
 from pydantic import BaseModel, Field
 
 from llmaas.bench.inprocess import StaticLimit, engine_sweep, static_limit
-from llmaas.bench.loadgen import BenchConfig, LevelReport, Target, run_bench
+from llmaas.bench.loadgen import BenchConfig, LevelReport, Target, run_bench, run_targets
+from llmaas.bench.metrics import Comparison, compare_levels
 from llmaas.bench.roofline import Roofline, fraction
-from llmaas.config.catalog import ModelSpec
+from llmaas.config.catalog import Catalog, ModelSpec
 
 Baseline = Literal["limit", "engine", "naive", "serve-batch", "hf-serve"]
 ALL_BASELINES: tuple[Baseline, ...] = ("limit", "engine", "naive", "serve-batch", "hf-serve")
 SERVER_BASELINES: tuple[Baseline, ...] = ("naive", "serve-batch", "hf-serve")
 UNARY = "llmaas-unary"  # the platform answering in one message, like the server baselines
+COMPARE = "compare"  # the comparison target's name in results
+COMPARE_PREFIX = "/compare"  # where a comparison catalog is deployed beside the platform
 
 
 class Summary(BaseModel):
@@ -64,6 +73,16 @@ class Summary(BaseModel):
     static_b1_vs_roofline: float | None = None
     llmaas_c1_decode_tok_s: float | None = None  # 1000 / TPOT p50 of the platform at 1 stream
     llmaas_c1_vs_roofline: float | None = None
+    # the workload's own figures (at at_level where a workload has levels)
+    workload: str = "random"
+    cache_hit_rate: float | None = None  # cached / prompt tokens over every level, where reported
+    last_turn_ttft_p50_ms: float | None = None  # multi-turn
+    decode_p99_over_p50: float | None = None  # long-prompt-interference: target <= 2
+    # side by side: the platform's figure over the comparison target's
+    vs_compare_saturation_tok_s: float | None = None  # e.g. cache on / off on random: target >= 0.97
+    vs_compare_ttft_p50: float | None = None  # at at_level; e.g. shared prefix: target <= 0.3
+    vs_compare_last_turn_ttft_p50: float | None = None  # multi-turn, at at_level: target <= 0.5
+    vs_compare_decode_p99_over_p50: float | None = None  # long-prompt-interference
 
 
 class SuiteReport(BaseModel):
@@ -78,6 +97,7 @@ class SuiteReport(BaseModel):
     skipped: dict[str, str] = Field(default_factory=dict)
     durations_s: dict[str, float] = Field(default_factory=dict)
     summary: Summary = Field(default_factory=Summary)
+    comparison: Comparison | None = None
 
 
 def machine() -> dict[str, str]:
@@ -188,8 +208,9 @@ def summarize_roofline(report: SuiteReport, summary: Summary) -> None:
 
 def summarize_suite(report: SuiteReport) -> Summary:
     ours = [r for r in report.results.get("llmaas", []) if r.mode == "concurrency"]
-    summary = Summary()
+    summary = Summary(workload=report.config.workload)
     summarize_roofline(report, summary)
+    summarize_workload(report, summary)
     if not ours:
         return summary
     best = max(r.output_tok_s for r in ours)
@@ -222,7 +243,44 @@ def summarize_suite(report: SuiteReport) -> Summary:
         summary.ttft_c1_p50_ms = c1.ttft_p50_ms
         if summary.prefill_p50_ms is not None:
             summary.ttft_c1_above_prefill_ms = round(c1.ttft_p50_ms - summary.prefill_p50_ms, 3)
+    summarize_comparison(report, summary, level)
     return summary
+
+
+def summarize_workload(report: SuiteReport, summary: Summary) -> None:
+    """The cache hit rate over the run, and each workload's own headline figure."""
+    ours = report.results.get("llmaas", [])
+    reported = [r for r in ours if r.cached_tokens is not None and r.cache_hit_rate is not None]
+    prompt = sum(r.prompt_tokens for r in reported)
+    if reported and prompt:
+        summary.cache_hit_rate = round(sum(r.cached_tokens or 0 for r in reported) / prompt, 4)
+    interference = next((r.interference for r in ours if r.interference is not None), None)
+    if interference is not None:
+        summary.decode_p99_over_p50 = interference.p99_over_p50
+        if report.comparison is not None:
+            summary.vs_compare_decode_p99_over_p50 = next(
+                (x.interference_p99_over_p50 for x in report.comparison.levels if x.mode == "interference"),
+                None,
+            )
+
+
+def summarize_comparison(report: SuiteReport, summary: Summary, level: int) -> None:
+    """The side-by-side ratios at the summary's level, and the last turn's TTFT of a multi-turn run."""
+    mine = next(
+        (r for r in report.results.get("llmaas", []) if r.mode == "concurrency" and r.level == level), None
+    )
+    if mine is not None and mine.turns:
+        summary.last_turn_ttft_p50_ms = mine.turns[-1].ttft_p50_ms
+    comparison = report.comparison
+    if comparison is None:
+        return
+    summary.vs_compare_saturation_tok_s = comparison.saturation_tok_s
+    row = next((x for x in comparison.levels if x.mode == "concurrency" and x.level == level), None)
+    if row is None:
+        return
+    summary.vs_compare_ttft_p50 = row.ttft_p50
+    if row.ttft_p50_by_turn:
+        summary.vs_compare_last_turn_ttft_p50 = row.ttft_p50_by_turn[max(row.ttft_p50_by_turn)]
 
 
 def run_suite(
@@ -232,9 +290,14 @@ def run_suite(
     baselines: list[Baseline],
     baseline_concurrency: list[int],
     log: Callable[[str], None] = print,
+    compare: Target | None = None,
+    compare_source: str = "",
 ) -> SuiteReport:
+    """The platform's sweep (beside ``compare`` when given), then the baselines, one after another."""
     if baselines and (spec is None or model_dir is None):
         raise ValueError("the baselines need the model's catalog entry and directory")
+    if baselines and config.workload != "random":
+        raise ValueError(f"the baselines run the random workload only, not {config.workload}")
     report = SuiteReport(
         model=config.model,
         model_dir=str(model_dir or ""),
@@ -242,8 +305,9 @@ def run_suite(
         config=config,
         baseline_concurrency=baseline_concurrency,
     )
+    targets = [config.target(), *([compare] if compare is not None else [])]
     steps: list[tuple[str, Callable[[], None]]] = [
-        ("llmaas", lambda: report.results.update(llmaas=asyncio.run(run_bench(config)))),
+        ("llmaas", lambda: report.results.update(asyncio.run(run_targets(config, targets)))),
     ]
     if any(b in SERVER_BASELINES for b in baselines):
         # NOTE: the server baselines answer in one message (serve-batch cannot stream, hf-serve is
@@ -260,8 +324,78 @@ def run_suite(
         steps.append(("roofline", lambda: setattr(report, "roofline", _roofline(spec, model_dir))))
     for name, step in steps:
         _run_step(report, name, step, log)
+    if compare is not None and compare.name in report.results:
+        report.comparison = compare_levels(
+            "llmaas", report.results["llmaas"], compare.name, report.results[compare.name], compare_source
+        )
     report.summary = summarize_suite(report)
     return report
+
+
+def parse_settings(items: list[str]) -> dict[str, Any]:
+    """``["prefix_cache=false", "batching.max_batch_size=8"]`` -> a nested patch (values read as YAML).
+
+    Raises ValueError naming an item that is not ``KEY=VALUE``.
+    """
+    patch: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise ValueError(f"--compare-set {item!r}: write KEY=VALUE, e.g. batching.max_batch_size=8")
+        node = patch
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ValueError(f"--compare-set {item!r}: {part!r} is set to a value above")
+            node = child
+        node[parts[-1]] = yaml.safe_load(value)
+    return patch
+
+
+def compare_catalog(base: Catalog, model: str, settings: dict[str, Any]) -> Catalog:
+    """The comparison's catalog: ``model`` of ``base`` alone, with ``settings`` merged into its entry,
+    under its own application name (so that it runs beside the platform, on replicas of its own).
+
+    Raises ``CatalogEditError`` naming a setting the catalog refuses, ``CatalogModelNotFound``.
+    """
+    from llmaas.catalog_edit import patch_model
+    from llmaas.errors import CatalogModelNotFound
+
+    if base.get(model) is None:
+        served = ", ".join(m.id for m in base.models)
+        raise CatalogModelNotFound(f"the comparison catalog holds no model {model!r} (it holds {served})")
+    changed = patch_model(base, model, settings) if settings else base
+    spec = changed.get(model)
+    assert spec is not None
+    pools = {spec.pool: changed.pools[spec.pool]} if spec.pool else {}
+    data = changed.model_dump(mode="json")
+    data.update(
+        models=[spec.model_dump(mode="json")],
+        pools={k: v.model_dump(mode="json") for k, v in pools.items()},
+        app_name=f"{base.app_name[:55]}-compare",
+    )
+    return Catalog.model_validate(data)
+
+
+def deploy_compare(catalog: Catalog, url: str, timeout_s: float = 900.0) -> str:
+    """Deploy the comparison catalog beside the running platform (Serve connected); its base URL."""
+    from llmaas.deploy import apply_catalog
+    from llmaas.launch import wait_catalog
+
+    apply_catalog(catalog, route_prefix=COMPARE_PREFIX)
+    wait_catalog(catalog, timeout_s)
+    return url.rstrip("/") + COMPARE_PREFIX
+
+
+def remove_compare(catalog: Catalog) -> None:
+    """Delete the comparison catalog's applications from the running platform."""
+    from ray import serve
+
+    from llmaas.plan import plan_catalog
+
+    for name in plan_catalog(catalog).app_names():
+        serve.delete(name)
 
 
 def _run_step(report: SuiteReport, name: str, step: Callable[[], None], log: Callable[[str], None]) -> None:

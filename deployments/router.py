@@ -55,6 +55,7 @@ from llmaas.openai.protocol import (
     TokenizeRequest,
     TokenizeResponse,
 )
+from llmaas.openai.response_cache import CACHE_HEADER, ResponseCache, cache_status, reset_cache_status
 from llmaas.openai.service import OpenAIService
 from llmaas.openai.sse import MEDIA_TYPE, sse
 from llmaas.playground import playground_html
@@ -131,6 +132,8 @@ class Router:
         self._gateway_handle = gateway
         self._admin = HandleCatalogAdmin(admin) if admin is not None else None
         self._model_apps: dict[str, str] = {}
+        # NOTE: one response cache across catalog changes: its keys hold each model's revision
+        self._responses = ResponseCache()
         self.catalog: Catalog | None = None
         if catalog is not None:
             await self._load(catalog, models)
@@ -192,24 +195,31 @@ class Router:
         )
         # NOTE: swapped together, after everything loaded: a request sees one catalog or the other.
         self.catalog = catalog
-        self.serving = _Serving(catalog, OpenAIFrontend(service, gateway), admin)
+        self._responses.forget({m.id for m in catalog.models})
+        self.serving = _Serving(catalog, OpenAIFrontend(service, gateway, self._responses), admin)
 
     async def _respond(
         self, work: Callable[[_Serving], Awaitable[Reply]], status_code: int = 200
     ) -> Response:
         """``work``'s answer as a response; its ledger row is committed before the caller has it."""
         serving = self.serving
+        reset_cache_status()
         try:
             reply = await work(serving)
         except Exception as exc:
             response: Response = error_response(failure(exc))
         else:
+            cache = cache_status()
+            headers = {CACHE_HEADER: cache} if cache is not None else None
             if isinstance(reply, BaseModel):
-                response = JSONResponse(reply.model_dump(mode="json"), status_code=status_code)
+                response = JSONResponse(
+                    reply.model_dump(mode="json"), status_code=status_code, headers=headers
+                )
             elif isinstance(reply, dict):
                 response = JSONResponse(reply, status_code=status_code)
             else:  # a stream settles before its last event
-                return StreamingResponse(sse(reply, serving.front.settler()), media_type=MEDIA_TYPE)
+                stream = sse(reply, serving.front.settler())
+                return StreamingResponse(stream, media_type=MEDIA_TYPE, headers=headers)
         await serving.front.settle()
         return response
 

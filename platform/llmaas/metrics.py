@@ -224,6 +224,11 @@ def set_request_id(request_id: str | None, key_id: str | None = None) -> None:
     KEY_ID.set(key_id)
 
 
+def current_key_id() -> str | None:
+    """The current request's API key id (None: no gateway, or a handle call)."""
+    return KEY_ID.get()
+
+
 def current_request_id() -> str | None:
     return REQUEST_ID.get()
 
@@ -243,6 +248,7 @@ class RequestRecord:
     request_id: str = ""
     stream: bool = False
     key_id: str | None = None
+    cached: bool = False  # answered from the router's response cache
 
     def log_fields(self) -> dict[str, Any]:
         """The request log's fields. NOTE: never the prompt or the completion text."""
@@ -344,6 +350,7 @@ class RequestTrace:
     __slots__ = (
         "_done",
         "_recorder",
+        "cached",
         "first_token_at",
         "key_id",
         "model",
@@ -367,6 +374,7 @@ class RequestTrace:
         self.tokens: list[int] = []  # generated tokens so far, per choice
         self.request_id = REQUEST_ID.get() or uuid.uuid4().hex
         self.key_id = KEY_ID.get()
+        self.cached = False
 
     def __enter__(self) -> RequestTrace:
         return self
@@ -404,6 +412,7 @@ class RequestTrace:
                 request_id=self.request_id,
                 stream=self.stream,
                 key_id=self.key_id,
+                cached=self.cached,
             )
         )
 

@@ -111,6 +111,7 @@ class GatewayClient(RequestRecorder):
             completion_tokens=record.generation_tokens,
             latency_ms=round(record.e2e_s * 1000, 3),
             created_at=time.time(),
+            cached=record.cached,
         )
         task = asyncio.get_running_loop().create_task(self._send(row))
         waiting = self._pending.setdefault(record.request_id, set())

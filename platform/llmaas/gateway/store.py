@@ -26,13 +26,17 @@ _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS usage (
         request_id TEXT NOT NULL, key_id TEXT, model TEXT NOT NULL, route TEXT NOT NULL,
         status INTEGER NOT NULL, prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,
-        latency_ms DOUBLE PRECISION NOT NULL, created_at DOUBLE PRECISION NOT NULL)""",
+        latency_ms DOUBLE PRECISION NOT NULL, created_at DOUBLE PRECISION NOT NULL,
+        cached BOOLEAN NOT NULL DEFAULT FALSE)""",
     "CREATE INDEX IF NOT EXISTS usage_by_time ON usage (created_at)",
 )
 _KEY_COLUMNS = "id, name, key_hash, prefix, admin, models, rpm, tpm, created_at, expires_at, revoked_at"
 _USAGE_COLUMNS = (
-    "request_id, key_id, model, route, status, prompt_tokens, completion_tokens, latency_ms, created_at"
+    "request_id, key_id, model, route, status, prompt_tokens, completion_tokens, latency_ms, created_at, "
+    "cached"
 )
+#: Columns added after the first release, with their definitions: a ledger made before gets them.
+_ADDED_COLUMNS = {"usage": {"cached": "BOOLEAN NOT NULL DEFAULT FALSE"}}
 
 
 class UsageRow(BaseModel):
@@ -47,6 +51,7 @@ class UsageRow(BaseModel):
     completion_tokens: int
     latency_ms: float
     created_at: float
+    cached: bool = False  # answered from the router's response cache (no model ran)
 
 
 class UsageSummary(BaseModel):
@@ -59,6 +64,7 @@ class UsageSummary(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     mean_latency_ms: float
+    cached: int = 0  # of the requests, answered from the response cache
 
 
 class Store(Protocol):
@@ -82,6 +88,12 @@ class _SQLStore:
         with self._tx() as cur:
             for statement in _SCHEMA:
                 cur.execute(statement)
+            for table, columns in _ADDED_COLUMNS.items():
+                cur.execute(f"SELECT * FROM {table} WHERE 1 = 0")
+                present = {d[0] for d in cur.description}
+                for name, definition in columns.items():
+                    if name not in present:
+                        cur.execute(f"ALTER TABLE {table} ADD COLUMN {name} {definition}")
 
     @contextmanager
     def _tx(self) -> Iterator[Any]:
@@ -146,11 +158,11 @@ class _SQLStore:
             return
         with self._tx() as cur:
             cur.executemany(
-                self._sql(f"INSERT INTO usage ({_USAGE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)"),
+                self._sql(f"INSERT INTO usage ({_USAGE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)"),
                 [
                     (
                         r.request_id, r.key_id, r.model, r.route, r.status, r.prompt_tokens,
-                        r.completion_tokens, r.latency_ms, r.created_at,
+                        r.completion_tokens, r.latency_ms, r.created_at, r.cached,
                     )
                     for r in rows
                 ],
@@ -159,7 +171,8 @@ class _SQLStore:
     def usage(self, since: float = 0.0, until: float | None = None) -> list[UsageSummary]:
         rows = self._fetch(
             "SELECT key_id, model, COUNT(*), SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END), "
-            "SUM(prompt_tokens), SUM(completion_tokens), AVG(latency_ms) FROM usage "
+            "SUM(prompt_tokens), SUM(completion_tokens), AVG(latency_ms), "
+            "SUM(CASE WHEN cached THEN 1 ELSE 0 END) FROM usage "
             "WHERE created_at >= ? AND created_at < ? GROUP BY key_id, model ORDER BY key_id, model",
             (since, until if until is not None else float("inf")),
         )
@@ -172,15 +185,18 @@ class _SQLStore:
                 prompt_tokens=int(p),
                 completion_tokens=int(c),
                 mean_latency_ms=round(float(lat), 1),
+                cached=int(hits or 0),
             )
-            for k, m, n, e, p, c, lat in rows
+            for k, m, n, e, p, c, lat, hits in rows
         ]
 
     def usage_rows(self, since: float = 0.0) -> list[UsageRow]:
         rows = self._fetch(
             f"SELECT {_USAGE_COLUMNS} FROM usage WHERE created_at >= ? ORDER BY created_at", (since,)
         )
-        return [UsageRow(**dict(zip(UsageRow.model_fields, r, strict=True))) for r in rows]
+        return [
+            UsageRow(**dict(zip(UsageRow.model_fields, (*r[:-1], bool(r[-1])), strict=True))) for r in rows
+        ]
 
 
 class SQLiteStore(_SQLStore):

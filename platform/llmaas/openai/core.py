@@ -109,6 +109,15 @@ class ServiceCore:
         label = model if isinstance(model, str) and self.catalog.get(model) is not None else UNKNOWN_MODEL
         return RequestTrace(self.metrics, label, route, stream)
 
+    def record_cached(self, route: str, model: str, usage: Usage | None, stream: bool) -> None:
+        """Count a request the router's response cache answered (the ledger marks it cached)."""
+        trace = self._trace(model, route, stream)
+        trace.cached = True
+        if usage is not None:
+            trace.prompt_tokens = usage.prompt_tokens
+            trace.tokens = [usage.completion_tokens]
+        trace.finish()
+
     def record_refused(self, route: str, model: object, exc: BaseException) -> None:
         """Count a request refused before it reached this service (a body that does not parse),
         so that request metrics see it too; errors the service raises are counted already."""

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from llmaas.gateway.client import GatewayClient
-from llmaas.metrics import current_request_id, set_request_id
+from llmaas.metrics import current_key_id, current_request_id, set_request_id
 from llmaas.openai.body import parse, read_json
 from llmaas.openai.errors import OpenAIError, known_error, model_not_found, to_openai_error
 from llmaas.openai.protocol import (
@@ -38,6 +38,14 @@ from llmaas.openai.protocol import (
     TokenizeRequest,
     TokenizeResponse,
     tokenize_request_type,
+)
+from llmaas.openai.response_cache import (
+    CACHE_STATUS,
+    ResponseCache,
+    fresh,
+    fresh_ids,
+    recording,
+    replay,
 )
 from llmaas.openai.service import (
     ROUTE_CHAT,
@@ -74,9 +82,68 @@ def failure(exc: BaseException, what: str = "request failed") -> OpenAIError:
 class OpenAIFrontend:
     """One per router replica and catalog; ``gateway`` is None without a gateway section."""
 
-    def __init__(self, service: OpenAIService, gateway: GatewayClient | None = None) -> None:
+    def __init__(
+        self,
+        service: OpenAIService,
+        gateway: GatewayClient | None = None,
+        cache: ResponseCache | None = None,
+    ) -> None:
         self.service = service
         self.gateway = gateway
+        self.cache = cache if cache is not None else ResponseCache()
+
+    # ---- the response cache --------------------------------------------------------------------
+    def _cache_key(self, request: CompletionRequest | ChatCompletionRequest) -> str | None:
+        """The request's cache key (None: it does not use the cache); sets ``CACHE_STATUS``."""
+        spec = self.service.catalog.get(request.model)
+        key = self.cache.key(request, spec, current_key_id()) if spec is not None else None
+        enabled = spec is not None and spec.response_cache.enabled
+        CACHE_STATUS.set(None if not enabled else "bypass" if key is None else "miss")
+        return key
+
+    async def _cached(
+        self,
+        route: str,
+        prefix: str,
+        request: CompletionRequest | ChatCompletionRequest,
+        call: Callable[[], Awaitable[R]],
+    ) -> R:
+        """A unary answer from the cache, or ``call``'s (kept when the request may be cached)."""
+        key = self._cache_key(request)
+        if key is None:
+            return await call()
+        spec = self.service.catalog.get(request.model)
+        assert spec is not None  # NOTE: a key is made only for a catalog model
+        hit = self.cache.get(spec, key)
+        if hit is not None:
+            CACHE_STATUS.set("hit")
+            response = fresh(hit[0], *fresh_ids(prefix))
+            self.service.record_cached(route, spec.id, getattr(response, "usage", None), stream=False)
+            return response  # type: ignore[return-value]
+        response = await call()
+        self.cache.put(spec, key, [response])
+        return response
+
+    async def _cached_stream(
+        self,
+        route: str,
+        prefix: str,
+        request: CompletionRequest | ChatCompletionRequest,
+        opening: Callable[[], Awaitable[AsyncIterator[R]]],
+    ) -> AsyncIterator[R]:
+        """A stream from the cache (the recorded chunks again), or ``opening``'s, recorded."""
+        key = self._cache_key(request)
+        if key is None:
+            return await opening()
+        spec = self.service.catalog.get(request.model)
+        assert spec is not None  # NOTE: a key is made only for a catalog model
+        hit = self.cache.get(spec, key)
+        if hit is not None:
+            CACHE_STATUS.set("hit")
+            usage = next((u for u in (getattr(p, "usage", None) for p in reversed(hit)) if u), None)
+            self.service.record_cached(route, spec.id, usage, stream=True)
+            return replay(hit, prefix)  # type: ignore[arg-type]
+        return recording(await opening(), lambda parts: self.cache.put(spec, key, list(parts)))
 
     async def authorize(self, caller: Caller, model: object) -> str | None:
         """The caller's key id (None: auth is off); raises the gateway's refusal."""
@@ -146,16 +213,22 @@ class OpenAIFrontend:
     ) -> CompletionResponse | AsyncIterator[CompletionResponse]:
         request = await self.read(ROUTE_COMPLETIONS, CompletionRequest, caller, body)
         if request.stream:
-            return await self.service.completion_stream(request)
-        return await self.service.completion(request)
+            return await self._cached_stream(
+                ROUTE_COMPLETIONS, "cmpl", request, lambda: self.service.completion_stream(request)
+            )
+        return await self._cached(
+            ROUTE_COMPLETIONS, "cmpl", request, lambda: self.service.completion(request)
+        )
 
     async def create_chat_completion(
         self, caller: Caller, body: AsyncIterable[bytes]
     ) -> ChatCompletionResponse | AsyncIterator[ChatCompletionChunk]:
         request = await self.read(ROUTE_CHAT, ChatCompletionRequest, caller, body)
         if request.stream:
-            return await self.service.chat_stream(request)
-        return await self.service.chat(request)
+            return await self._cached_stream(
+                ROUTE_CHAT, "chatcmpl", request, lambda: self.service.chat_stream(request)
+            )
+        return await self._cached(ROUTE_CHAT, "chatcmpl", request, lambda: self.service.chat(request))
 
     async def create_embedding(self, caller: Caller, body: AsyncIterable[bytes]) -> EmbeddingResponse:
         request = await self.read(ROUTE_EMBEDDINGS, EmbeddingRequest, caller, body)
@@ -179,10 +252,16 @@ class OpenAIFrontend:
         return await self._unary(self.service.list_models)
 
     async def completion(self, request: CompletionRequest) -> CompletionResponse | ErrorResult:
-        return await self._unary(lambda: self.service.completion(_streaming(request, False)))
+        unary = _streaming(request, False)
+        return await self._unary(
+            lambda: self._cached(ROUTE_COMPLETIONS, "cmpl", unary, lambda: self.service.completion(unary))
+        )
 
     async def chat(self, request: ChatCompletionRequest) -> ChatCompletionResponse | ErrorResult:
-        return await self._unary(lambda: self.service.chat(_streaming(request, False)))
+        unary = _streaming(request, False)
+        return await self._unary(
+            lambda: self._cached(ROUTE_CHAT, "chatcmpl", unary, lambda: self.service.chat(unary))
+        )
 
     async def embeddings(self, request: EmbeddingRequest) -> EmbeddingResponse | ErrorResult:
         return await self._unary(lambda: self.service.embeddings(request))
@@ -196,10 +275,20 @@ class OpenAIFrontend:
     def completion_stream(
         self, request: CompletionRequest
     ) -> AsyncIterator[CompletionResponse | ErrorResult]:
-        return self._stream(lambda: self.service.completion_stream(_streaming(request, True)))
+        streamed = _streaming(request, True)
+        return self._stream(
+            lambda: self._cached_stream(
+                ROUTE_COMPLETIONS, "cmpl", streamed, lambda: self.service.completion_stream(streamed)
+            )
+        )
 
     def chat_stream(self, request: ChatCompletionRequest) -> AsyncIterator[ChatCompletionChunk | ErrorResult]:
-        return self._stream(lambda: self.service.chat_stream(_streaming(request, True)))
+        streamed = _streaming(request, True)
+        return self._stream(
+            lambda: self._cached_stream(
+                ROUTE_CHAT, "chatcmpl", streamed, lambda: self.service.chat_stream(streamed)
+            )
+        )
 
     async def _unary(self, call: Callable[[], Awaitable[R]]) -> R | ErrorResult:
         set_request_id(uuid.uuid4().hex)

@@ -166,6 +166,12 @@ class SamplingFields(Strict):
     )
     user: str | None = Field(default=None, description=IGNORED)
     ignore_eos: StrictBool = False
+    cache: StrictBool | None = Field(
+        default=None,
+        description="llmaas: answer from (and into) the model's response cache when its catalog entry "
+        "enables one (true), or never (false); unset: the model's default. Only greedy or seeded "
+        "requests with n = 1 are cached; the X-LLMaaS-Cache response header says hit, miss or bypass.",
+    )
     structured_outputs: StructuredOutputs | None = Field(
         default=None,
         description="vLLM's extension: constrain the output to a JSON schema (json), a regular "

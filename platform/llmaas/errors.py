@@ -90,3 +90,22 @@ class RateLimited(PlatformError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (self.__class__, (self.message, self.code, self.retry_after_s))
+
+
+# ---- resources: files, fine-tuning jobs ---------------------------------------------------------
+class NotFound(PlatformError):
+    """The caller has no such resource (it does not exist, or belongs to another key): a 404."""
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = "not_found") -> None:
+        super().__init__(message, param, code)
+
+
+class PayloadTooLarge(PlatformError):
+    """An upload beyond the platform's limit: a 413."""
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = "too_large") -> None:
+        super().__init__(message, param, code)
+
+
+class Conflict(PlatformError):
+    """The resource is in a state that does not allow this (cancel a finished job): a 409."""

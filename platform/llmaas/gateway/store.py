@@ -10,7 +10,7 @@ import json
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -75,6 +75,8 @@ class Store(Protocol):
     def add_usage(self, rows: Sequence[UsageRow]) -> None: ...
     def usage(self, since: float = 0.0, until: float | None = None) -> list[UsageSummary]: ...
     def usage_rows(self, since: float = 0.0) -> list[UsageRow]: ...
+    def transaction(self) -> AbstractContextManager[Any]: ...
+    def sql(self, statement: str) -> str: ...
     def close(self) -> None: ...
 
 
@@ -101,6 +103,16 @@ class _SQLStore:
 
     def _sql(self, statement: str) -> str:
         return statement.replace("?", self.placeholder)
+
+    # NOTE: other stores on the same database (fine-tuning's files and jobs) run their statements
+    # through these two, so the gateway's locking and dialect rules hold for them too.
+    def transaction(self) -> AbstractContextManager[Any]:
+        """A cursor in one transaction (committed when the block ends, rolled back on an error)."""
+        return self._tx()
+
+    def sql(self, statement: str) -> str:
+        """``statement`` (written with ``?`` placeholders) in this database's dialect."""
+        return self._sql(statement)
 
     def _fetch(self, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._tx() as cur:

@@ -25,7 +25,10 @@ from llmaas.errors import (
     AuthError,
     CatalogModelNotFound,
     CatalogNotDeclarative,
+    Conflict,
     Forbidden,
+    NotFound,
+    PayloadTooLarge,
     PlatformError,
     RateLimited,
 )
@@ -147,6 +150,12 @@ def _platform_error(exc: PlatformError) -> OpenAIError:
         return OpenAIError(429, exc.message, type="rate_limit_error", code=exc.code, headers=headers)
     if isinstance(exc, Forbidden):
         return OpenAIError(403, exc.message, type="permission_error", code=exc.code)
+    if isinstance(exc, NotFound):
+        return OpenAIError(404, exc.message, type="invalid_request_error", param=exc.param, code=exc.code)
+    if isinstance(exc, PayloadTooLarge):
+        return OpenAIError(413, exc.message, type="invalid_request_error", param=exc.param, code=exc.code)
+    if isinstance(exc, Conflict):
+        return OpenAIError(409, exc.message, type="invalid_request_error", param=exc.param, code=exc.code)
     if isinstance(exc, CatalogModelNotFound):
         return OpenAIError(404, exc.message, type="not_found_error", param=exc.param, code=exc.code)
     if isinstance(exc, CatalogNotDeclarative):

@@ -7,6 +7,8 @@ record gains fields without a migration. A restart of the platform reads every j
 
 from __future__ import annotations
 
+import time
+import uuid
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, Field
@@ -116,6 +118,12 @@ class CheckpointRecord(BaseModel):
     path: str
 
 
+def ordered_id(prefix: str) -> str:
+    """A new id that sorts by creation time (records list by time, then id: same-second ones stay
+    in order)."""
+    return f"{prefix}-{time.time_ns():016x}{uuid.uuid4().hex[:8]}"
+
+
 Record = FileRecord | JobRecord | EventRecord | CheckpointRecord
 D = TypeVar("D", FileRecord, JobRecord, EventRecord, CheckpointRecord)
 _TABLES: dict[type[BaseModel], str] = {
@@ -146,6 +154,8 @@ class FineTuneStore:
     def put(self, record: Record) -> None:
         """Insert or replace ``record``."""
         table = _TABLES[type(record)]
+        key: str
+        value: str | None
         if isinstance(record, EventRecord | CheckpointRecord):
             key, value = "job_id", record.job_id
         else:

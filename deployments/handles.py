@@ -104,8 +104,8 @@ class HandleModel:
     NOTE: Serve's handle waits without limit while no replica has room, or none runs (a model
     scaled to zero; Serve starts one because the call waits). ``queue_timeout_s`` bounds that
     wait: past it the call is withdrawn and fails with ``EngineNotReady`` (a 503 with
-    Retry-After), naming the model. A unary call's bound is its whole time (info and embed
-    calls are short); a stream's is the time to its first chunk.
+    Retry-After), naming the model. A unary call's bound is its whole time (info, embed
+    and classify calls are short); a stream's is the time to its first chunk.
     """
 
     def __init__(
@@ -163,4 +163,8 @@ class HandleModel:
 
     async def embed(self, inputs: list[list[int]]) -> list[list[float]]:
         result: list[list[float]] = await self._bounded(lambda: self._handle.embed.remote(inputs))
+        return result
+
+    async def classify(self, inputs: list[list[int]]) -> list[list[float]]:
+        result: list[list[float]] = await self._bounded(lambda: self._handle.classify.remote(inputs))
         return result

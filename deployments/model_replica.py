@@ -35,7 +35,7 @@ FATAL_EXIT_DELAY_S = 1.0  # the ended requests' last chunks reach their callers 
 
 
 class ModelReplica:
-    """Loads the model (rank 0 plus TP peers), then serves generate / embed / info."""
+    """Loads the model (rank 0 plus TP peers), then serves generate / embed / classify / info."""
 
     async def __init__(  # type: ignore[misc]  # Serve awaits async constructors
         self, spec: ModelSpec, cache_dir: str, *, engine_cls: type[Engine] | None = None
@@ -89,6 +89,9 @@ class ModelReplica:
 
     async def embed(self, inputs: list[list[int]]) -> list[list[float]]:
         return await self.engine.embed(inputs)
+
+    async def classify(self, inputs: list[list[int]]) -> list[list[float]]:
+        return await self.engine.classify(inputs)
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         """Serve's autoscaling hook: this replica's running + waiting sequences (``llmaas.autoscaling``)."""

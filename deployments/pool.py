@@ -107,6 +107,10 @@ class PoolReplica:
         with (await self._model()).in_use() as engine:
             return await engine.embed(inputs)
 
+    async def classify(self, inputs: list[list[int]]) -> list[list[float]]:
+        with (await self._model()).in_use() as engine:
+            return await engine.classify(inputs)
+
     def health(self) -> EngineHealth:
         """The pool's replica as ``llmaas status`` shows it: which models it holds now."""
         wrapper: Any = getattr(self, "__serve_multiplex_wrapper", None)

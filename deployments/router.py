@@ -7,7 +7,7 @@ response here (a JSON body, server-sent events, or an error in OpenAI's shape):
 deployment (``admin``); the router itself never redeploys anything.
 
 Handle callers (``llmaas.client``) call ``models``, ``completion``, ``chat``, ``embeddings``,
-``tokenize``, ``detokenize``, ``completion_stream`` and ``chat_stream`` with pydantic requests
+``classify``, ``tokenize``, ``detokenize``, ``completion_stream`` and ``chat_stream`` with pydantic requests
 and get pydantic responses, or an ``ErrorResult`` (the status and OpenAI's error body) in place
 of a raise.
 """
@@ -41,6 +41,8 @@ from llmaas.openai.protocol import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChatCompletionResponse,
+    ClassificationRequest,
+    ClassificationResponse,
     CompletionRequest,
     CompletionResponse,
     DetokenizeRequest,
@@ -82,8 +84,8 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
     message = (
         f"Unknown route {request.method} {request.url.path}. Routes: GET /v1/models, POST /v1/completions, "
-        "POST /v1/chat/completions, POST /v1/embeddings, POST /tokenize, POST /detokenize, GET /health, "
-        "GET /ready, GET /playground."
+        "POST /v1/chat/completions, POST /v1/embeddings, POST /v1/classify, POST /tokenize, "
+        "POST /detokenize, GET /health, GET /ready, GET /playground."
         if exc.status_code == 404
         else str(exc.detail)
     )
@@ -273,6 +275,15 @@ class Router:
     async def create_embedding(self, request: Request) -> Response:
         return await self._respond(lambda s: s.front.create_embedding(_caller(request), request.stream()))
 
+    # NOTE: vLLM's classification route (OpenAI has none)
+    @app.post(
+        "/v1/classify",
+        openapi_extra=openapi_body(ClassificationRequest),
+        responses=openapi_responses(ClassificationResponse),
+    )
+    async def create_classify(self, request: Request) -> Response:
+        return await self._respond(lambda s: s.front.create_classify(_caller(request), request.stream()))
+
     # NOTE: vLLM's tokenizer routes, outside /v1 as in vLLM
     @app.post(
         "/tokenize",
@@ -340,6 +351,9 @@ class Router:
 
     async def embeddings(self, request: EmbeddingRequest) -> EmbeddingResponse | ErrorResult:
         return await self.serving.front.embeddings(request)
+
+    async def classify(self, request: ClassificationRequest) -> ClassificationResponse | ErrorResult:
+        return await self.serving.front.classify(request)
 
     async def tokenize(self, request: TokenizeRequest) -> TokenizeResponse | ErrorResult:
         return await self.serving.front.tokenize(request)

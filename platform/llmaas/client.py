@@ -8,6 +8,7 @@
     for chunk in client.stream_chat("smollm2-135m-instruct", [{"role": "user", "content": "Hi"}]):
         print(chunk.choices[0].delta.content or "", end="")
     vectors = client.embed("all-minilm-l6-v2", ["a sentence", "another"]).data
+    labels = [d.label for d in client.classify("my-classifier", ["great film", "awful film"]).data]
     batch = client.complete("smollm2-135m-instruct", ["One,", "Two,"], max_tokens=4, logprobs=1)
     ids = client.tokenize("smollm2-135m-instruct", "Hello").tokens
     text = client.detokenize("smollm2-135m-instruct", ids).prompt
@@ -21,7 +22,8 @@ Keyword arguments are the HTTP API's request fields (``logprobs``, ``echo``, ``l
 penalties, ``n``, ...); ``complete`` takes a prompt or a list of them, as ``/v1/completions`` does.
 
 The router's typed handle API underneath: ``models()``, ``completion(CompletionRequest)``,
-``chat(ChatCompletionRequest)``, ``embeddings(EmbeddingRequest)``, ``tokenize(TokenizeRequest)``,
+``chat(ChatCompletionRequest)``, ``embeddings(EmbeddingRequest)``, ``classify(ClassificationRequest)``,
+``tokenize(TokenizeRequest)``,
 ``detokenize(DetokenizeRequest)``, ``completion_stream(...)`` and ``chat_stream(...)``: pydantic
 requests in, pydantic responses (or an ``ErrorResult``) out.
 """
@@ -38,6 +40,8 @@ from llmaas.openai.protocol import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChatCompletionResponse,
+    ClassificationRequest,
+    ClassificationResponse,
     CompletionRequest,
     CompletionResponse,
     DetokenizeRequest,
@@ -54,6 +58,8 @@ from llmaas.openai.protocol import (
 
 #: A completion prompt: text, texts, token ids, or lists of token ids (as /v1/completions takes).
 Prompt = str | list[str] | list[int] | list[list[int]]
+#: What /v1/classify takes: a text, texts, token ids or lists of token ids.
+Classifiable = Prompt
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -100,6 +106,10 @@ def _chat(
 
 def _embedding(model: str, input: str | list[str], params: dict[str, Any]) -> EmbeddingRequest:
     return _request(EmbeddingRequest, {"model": model, "input": input, **params})
+
+
+def _classification(model: str, input: Classifiable, params: dict[str, Any]) -> ClassificationRequest:
+    return _request(ClassificationRequest, {"model": model, "input": input, **params})
 
 
 def _tokenize(
@@ -158,6 +168,11 @@ class LLMClient:
         reply: EmbeddingResponse = self._call("embeddings", _embedding(model, input, params))
         return reply
 
+    def classify(self, model: str, input: Classifiable, **params: Any) -> ClassificationResponse:
+        """Each input's label and class probabilities (``/v1/classify``), from a ``task: classify`` model."""
+        reply: ClassificationResponse = self._call("classify", _classification(model, input, params))
+        return reply
+
     def tokenize(
         self,
         model: str,
@@ -210,6 +225,10 @@ class LLMClient:
 
     async def aembed(self, model: str, input: str | list[str], **params: Any) -> EmbeddingResponse:
         reply: EmbeddingResponse = await self._acall("embeddings", _embedding(model, input, params))
+        return reply
+
+    async def aclassify(self, model: str, input: Classifiable, **params: Any) -> ClassificationResponse:
+        reply: ClassificationResponse = await self._acall("classify", _classification(model, input, params))
         return reply
 
     async def atokenize(

@@ -70,8 +70,10 @@ def check_model(spec: ModelSpec) -> list[str]:
     arch, config = _architecture(spec, gguf)
     if spec.task is Task.GENERATE and spec.source.demo == "all-minilm-l6-v2":
         problems.append(f"model {spec.id!r}: all-minilm-l6-v2 is an embedding model; set task: embed")
-    if spec.task is Task.EMBED and spec.source.demo in RECIPES:
+    if spec.task is not Task.GENERATE and spec.source.demo in RECIPES:
         problems.append(f"model {spec.id!r}: demo {spec.source.demo!r} is generative; set task: generate")
+    if spec.task is Task.CLASSIFY:
+        problems += _classifier_checks(spec, config)
     tp = spec.tensor_parallel_size
     if tp > 1:
         if arch in AUTOTP_UNSUPPORTED:
@@ -87,6 +89,28 @@ def check_model(spec: ModelSpec) -> list[str]:
                     "use a divisor of it"
                 )
     return problems
+
+
+def _classifier_checks(spec: ModelSpec, config: dict[str, object]) -> list[str]:
+    """A ``task: classify`` source must be a sequence classifier with its head (labels in its config)."""
+    if spec.source.demo == "all-minilm-l6-v2":
+        return [
+            f"model {spec.id!r}: all-minilm-l6-v2 is an embedding model with no classification head; "
+            "set task: embed, or serve a classifier fine-tuned from it (source: {path: ...})"
+        ]
+    architectures = config.get("architectures")
+    if (
+        isinstance(architectures, list)
+        and architectures
+        and not any(str(name).endswith("ForSequenceClassification") for name in architectures)
+    ):
+        named = ", ".join(map(str, architectures))
+        return [
+            f"model {spec.id!r}: source {spec.source.describe()!r} is a {named}, "
+            "not a sequence classifier (its config.json names no *ForSequenceClassification architecture); "
+            "point source at a fine-tuned classifier's directory"
+        ]
+    return []
 
 
 def _runtime_checks(spec: ModelSpec) -> list[str]:

@@ -118,6 +118,9 @@ class LogprobModel:
     async def embed(self, inputs: list[list[int]]) -> list[list[float]]:
         raise AssertionError("a generation model")
 
+    async def classify(self, inputs: list[list[int]]) -> list[list[float]]:
+        raise AssertionError("a generation model")
+
 
 def catalog(**batching: int) -> Catalog:
     return Catalog.model_validate(

@@ -351,8 +351,19 @@ def test_source_missing():
     invalid(ModelSpec, {"id": "m"}, "source", "Field required")
 
 
-def test_task_classify_is_reserved():
-    invalid(ModelSpec, spec(task="classify"), "task", "'classify' is reserved but not served yet")
+def test_task_classify_is_served():
+    model = ModelSpec.model_validate(spec(task="classify", source={"path": "/models/clf"}))
+    assert model.task is Task.CLASSIFY
+
+
+def test_classify_model_with_tensor_parallel():
+    invalid(
+        ModelSpec,
+        spec(id="clf", task="classify", tensor_parallel_size=2, resources={"num_gpus": 1}),
+        "model 'clf'",
+        "classification models run unsharded",
+        "tensor_parallel_size: 1",
+    )
 
 
 def test_task_unknown():
@@ -624,4 +635,4 @@ def test_tokenizer_inline_limit():
 
 
 def test_catalog_error_names_the_model_index():
-    invalid(Catalog, catalog(spec(id="ok"), spec(id="bad", task="classify")), "models.1.task", "classify")
+    invalid(Catalog, catalog(spec(id="ok"), spec(id="bad", task="summarize")), "models.1.task", "summarize")

@@ -208,7 +208,15 @@ class FakeModel:
         self.task = task
 
     async def info(self) -> ModelInfo:
-        return ModelInfo(model_id="x", task=self.task, max_context_length=64, vocab_size=100, embedding_dim=3)
+        labels = ["no", "yes"] if self.task == "classify" else []
+        return ModelInfo(
+            model_id="x",
+            task=self.task,
+            max_context_length=64,
+            vocab_size=100,
+            embedding_dim=3,
+            labels=labels,
+        )
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         n = request.sampling.max_tokens
@@ -233,6 +241,10 @@ class FakeModel:
 
     async def embed(self, inputs: list[list[int]]) -> list[list[float]]:
         return [[0.0, 1.0, 0.0] for _ in inputs]
+
+    async def classify(self, inputs: list[list[int]]) -> list[list[float]]:
+        """Labels ["no", "yes"]: an input of an odd number of tokens is "yes" (0.9), else "no" (0.8)."""
+        return [[0.1, 0.9] if len(ids) % 2 else [0.8, 0.2] for ids in inputs]
 
 
 def _service() -> tuple[OpenAIService, Collecting]:

@@ -32,14 +32,14 @@ QUANTIZATION_METHODS: tuple[str, ...] = get_args(Quantization)
 
 
 class Task(str, Enum):
-    """What a model does. ``classify`` is reserved in the schema; no engine serves it yet."""
+    """What a model does: generate text, embed it, or classify it (a sequence-classification head)."""
 
     GENERATE = "generate"
     EMBED = "embed"
     CLASSIFY = "classify"
 
 
-SERVED_TASKS = (Task.GENERATE, Task.EMBED)
+SERVED_TASKS = (Task.GENERATE, Task.EMBED, Task.CLASSIFY)
 
 
 class ModelSource(BaseConfig):
@@ -339,7 +339,8 @@ class ModelSpec(BaseConfig):
     engine: EngineSelection | None = Field(
         default=None,
         description=(
-            "The inference backend; left out: DeepSpeed for generate, the embedding engine for embed."
+            "The inference backend; left out: DeepSpeed for generate, the embedding engine for embed,"
+            " the classification engine for classify."
             " Tests and load tests name llmaas.engine.fake:FakeEngine (no weights run)."
         ),
     )
@@ -378,7 +379,8 @@ class ModelSpec(BaseConfig):
     def _task_served(cls, value: Task) -> Task:
         if value not in SERVED_TASKS:
             raise ValueError(
-                f"task {value.value!r} is reserved but not served yet: use 'generate' or 'embed'"
+                f"task {value.value!r} is reserved but not served yet: use "
+                + " or ".join(repr(task.value) for task in SERVED_TASKS)
             )
         return value
 
@@ -393,10 +395,9 @@ class ModelSpec(BaseConfig):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> ModelSpec:
-        if self.task is Task.EMBED and self.tensor_parallel_size > 1:
-            raise ValueError(
-                f"model {self.id!r}: embedding models run unsharded; set tensor_parallel_size: 1"
-            )
+        if self.task is not Task.GENERATE and self.tensor_parallel_size > 1:
+            kind = "embedding" if self.task is Task.EMBED else "classification"
+            raise ValueError(f"model {self.id!r}: {kind} models run unsharded; set tensor_parallel_size: 1")
         if self.dtype == "float16" and not self.resources.uses_gpu:
             raise ValueError(
                 f"model {self.id!r}: dtype float16 needs a GPU (resources.num_gpus > 0); "

@@ -53,7 +53,8 @@ def import_engine_cls(path: str) -> type[Engine]:
 
 
 def default_engine_cls(spec: ModelSpec) -> type[Engine]:
-    """The backend for a catalog entry: ``spec.engine`` when set, else DeepSpeed or the embedding engine.
+    """The backend for a catalog entry: ``spec.engine`` when set, else the task's (DeepSpeed for generate,
+    the embedding engine for embed, the classification engine for classify).
 
     Imported lazily: DeepSpeed is heavy. Raises ``ValueError`` naming the model, the path and
     the fix when ``spec.engine`` names no usable engine class.
@@ -67,6 +68,10 @@ def default_engine_cls(spec: ModelSpec) -> type[Engine]:
         from llmaas.engine.embedding import EmbeddingEngine
 
         return EmbeddingEngine
+    if spec.task is Task.CLASSIFY:
+        from llmaas.engine.classification import ClassificationEngine
+
+        return ClassificationEngine
     from llmaas.engine.deepspeed_engine import DeepSpeedEngine
 
     return DeepSpeedEngine

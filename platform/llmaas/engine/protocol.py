@@ -52,6 +52,10 @@ class Engine(ABC):
             f"model {self.spec.id!r} does not make embeddings (task: {self.spec.task.value})"
         )
 
+    async def classify(self, inputs: list[list[int]]) -> list[list[float]]:
+        """Class probabilities per tokenized input, in the order of ``info.labels``."""
+        raise UnsupportedTask(f"model {self.spec.id!r} does not classify text (task: {self.spec.task.value})")
+
     @abstractmethod
     def health(self) -> EngineHealth:
         """Cheap liveness/readiness report."""

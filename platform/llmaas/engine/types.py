@@ -156,6 +156,9 @@ class ModelInfo(BaseModel):
     vocab_size: int
     eos_token_ids: list[int] = Field(default_factory=list)
     embedding_dim: int | None = None
+    labels: list[str] = Field(
+        default_factory=list, description="Classify models: the class names by index (config.id2label)."
+    )
     tensor_parallel_size: int = 1
     architecture: str = ""
 

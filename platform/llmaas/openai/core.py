@@ -50,6 +50,7 @@ T = TypeVar("T")
 ROUTE_COMPLETIONS = "/v1/completions"
 ROUTE_CHAT = "/v1/chat/completions"
 ROUTE_EMBEDDINGS = "/v1/embeddings"
+ROUTE_CLASSIFY = "/v1/classify"
 ROUTE_TOKENIZE = "/tokenize"
 ROUTE_DETOKENIZE = "/detokenize"
 
@@ -82,6 +83,10 @@ class ModelClient(Protocol):
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]: ...
 
     async def embed(self, inputs: list[list[int]]) -> list[list[float]]: ...
+
+    async def classify(self, inputs: list[list[int]]) -> list[list[float]]:
+        """Class probabilities per input, in the order of the model's ``ModelInfo.labels``."""
+        ...
 
 
 class ServiceCore:
@@ -132,6 +137,7 @@ class ServiceCore:
             fix = {
                 Task.GENERATE: "use /v1/completions or /v1/chat/completions with it",
                 Task.EMBED: "use /v1/embeddings with it",
+                Task.CLASSIFY: "use /v1/classify with it",
             }.get(spec.task, "")
             wanted = [m.id for m in self.catalog.models if m.task is task]
             raise bad_request(

@@ -21,11 +21,14 @@ from pydantic import BaseModel
 from llmaas.gateway.client import GatewayClient
 from llmaas.metrics import current_key_id, current_request_id, set_request_id
 from llmaas.openai.body import parse, read_json
+from llmaas.openai.core import ROUTE_CLASSIFY
 from llmaas.openai.errors import OpenAIError, known_error, model_not_found, to_openai_error
 from llmaas.openai.protocol import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChatCompletionResponse,
+    ClassificationRequest,
+    ClassificationResponse,
     CompletionRequest,
     CompletionResponse,
     DetokenizeRequest,
@@ -234,6 +237,11 @@ class OpenAIFrontend:
         request = await self.read(ROUTE_EMBEDDINGS, EmbeddingRequest, caller, body)
         return await self.service.embeddings(request)
 
+    async def create_classify(self, caller: Caller, body: AsyncIterable[bytes]) -> ClassificationResponse:
+        """vLLM's ``POST /v1/classify``."""
+        request = await self.read(ROUTE_CLASSIFY, ClassificationRequest, caller, body)
+        return await self.service.classify(request)
+
     async def create_tokenize(self, caller: Caller, body: AsyncIterable[bytes]) -> TokenizeResponse:
         """vLLM's ``POST /tokenize``: a body with ``messages`` is tokenized as a chat, else ``prompt``."""
         data = await self._read_json(ROUTE_TOKENIZE, caller, body)
@@ -265,6 +273,9 @@ class OpenAIFrontend:
 
     async def embeddings(self, request: EmbeddingRequest) -> EmbeddingResponse | ErrorResult:
         return await self._unary(lambda: self.service.embeddings(request))
+
+    async def classify(self, request: ClassificationRequest) -> ClassificationResponse | ErrorResult:
+        return await self._unary(lambda: self.service.classify(request))
 
     async def tokenize(self, request: TokenizeRequest) -> TokenizeResponse | ErrorResult:
         return await self._unary(lambda: self.service.tokenize(request))

@@ -7,6 +7,7 @@ routes share and each route's module for what it does.
 from __future__ import annotations
 
 from llmaas.openai.chat import ChatRoutes
+from llmaas.openai.classify import ClassifyRoutes
 from llmaas.openai.completions import CompletionRoutes
 from llmaas.openai.core import (
     ROUTE_CHAT,
@@ -21,8 +22,8 @@ from llmaas.openai.embeddings import EmbeddingRoutes
 from llmaas.openai.tokens import TokenRoutes
 
 
-class OpenAIService(CompletionRoutes, ChatRoutes, EmbeddingRoutes, TokenRoutes):
-    """Completions, chat, embeddings, tokenize and detokenize, models and readiness."""
+class OpenAIService(CompletionRoutes, ChatRoutes, EmbeddingRoutes, ClassifyRoutes, TokenRoutes):
+    """Completions, chat, embeddings, classify, tokenize and detokenize, models and readiness."""
 
 
 __all__ = [

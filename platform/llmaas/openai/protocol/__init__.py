@@ -24,6 +24,12 @@ from llmaas.openai.protocol.chat import (
     ContentPart,
     DeltaMessage,
 )
+from llmaas.openai.protocol.classify import (
+    MAX_CLASSIFY_INPUTS,
+    ClassificationData,
+    ClassificationRequest,
+    ClassificationResponse,
+)
 from llmaas.openai.protocol.common import (
     GREEDY_BELOW_TEMPERATURE,
     IGNORED,
@@ -94,6 +100,7 @@ __all__ = [
     "IGNORED",
     "INTEGRAL",
     "MAX_CHOICES",
+    "MAX_CLASSIFY_INPUTS",
     "MAX_COMPLETION_LOGPROBS",
     "MAX_LOGIT_BIAS",
     "MAX_METADATA",
@@ -114,6 +121,9 @@ __all__ = [
     "ChatMessage",
     "ChatTool",
     "ChoiceLogprobs",
+    "ClassificationData",
+    "ClassificationRequest",
+    "ClassificationResponse",
     "CompletionChoice",
     "CompletionLogprobs",
     "CompletionRequest",

@@ -24,6 +24,7 @@ from ray.serve import Application
 from llmaas.config.base import BaseConfig
 from llmaas.config.catalog import Catalog, ModelSpec
 from llmaas.deployments.catalog_admin import CatalogAdmin
+from llmaas.deployments.fine_tuning import FineTuningReplica
 from llmaas.deployments.gateway import GatewayReplica
 from llmaas.deployments.model_replica import ModelReplica
 from llmaas.deployments.pool import pool_class
@@ -80,8 +81,14 @@ def _bind_front(
     admin = None
     if "catalog-admin" in by_kind:
         admin = _deployment(CatalogAdmin, by_kind["catalog-admin"]).bind(front.app_name)
+    fine_tuning = None
+    if "fine-tuning" in by_kind and front.fine_tuning is not None and admin is not None:
+        database = front.gateway.database if front.gateway is not None else None
+        fine_tuning = _deployment(FineTuningReplica, by_kind["fine-tuning"]).bind(
+            front.fine_tuning, database, front.app_name, admin
+        )
     router = _deployment(Router, by_kind["router"])
-    return router.bind(catalog, tokenizer, models, gateway, admin=admin)
+    return router.bind(catalog, tokenizer, models, gateway, admin=admin, fine_tuning=fine_tuning)
 
 
 def _refuse(problems: list[str]) -> None:

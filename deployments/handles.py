@@ -168,3 +168,18 @@ class HandleModel:
     async def classify(self, inputs: list[list[int]]) -> list[list[float]]:
         result: list[list[float]] = await self._bounded(lambda: self._handle.classify.remote(inputs))
         return result
+
+
+class HandleFineTuning:
+    """The fine-tuning deployment's methods as awaitables (``llmaas.finetune.frontend.FineTuningBackend``)."""
+
+    def __init__(self, handle: DeploymentHandle) -> None:
+        self._handle = handle
+
+    def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
+        method = getattr(self._handle, name)
+
+        async def call(*args: Any) -> Any:
+            return await _await(lambda: method.remote(*args))
+
+        return call

@@ -23,7 +23,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -31,7 +31,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmaas.admin import AdminService
 from llmaas.config.catalog import Catalog
-from llmaas.deployments.handles import HandleCatalogAdmin, HandleModel, HandleTokenizer
+from llmaas.deployments.handles import HandleCatalogAdmin, HandleFineTuning, HandleModel, HandleTokenizer
+from llmaas.finetune.frontend import FineTuningFrontend, page_query
 from llmaas.gateway.client import GatewayClient
 from llmaas.metrics import FanOut, default_request_recorder
 from llmaas.openai.errors import OpenAIError, bad_request
@@ -56,6 +57,16 @@ from llmaas.openai.protocol import (
     TokenizeCompletionRequest,
     TokenizeRequest,
     TokenizeResponse,
+)
+from llmaas.openai.protocol.fine_tuning import (
+    FileDeleted,
+    FileList,
+    FileObject,
+    FineTuningCheckpointList,
+    FineTuningEventList,
+    FineTuningJob,
+    FineTuningJobList,
+    ModelDeleted,
 )
 from llmaas.openai.response_cache import CACHE_HEADER, ResponseCache, cache_status, reset_cache_status
 from llmaas.openai.service import OpenAIService
@@ -110,6 +121,7 @@ class _Serving:
     catalog: Catalog
     front: OpenAIFrontend
     admin: AdminService
+    fine_tuning: FineTuningFrontend
 
 
 @serve.ingress(app)
@@ -124,6 +136,7 @@ class Router:
         gateway: DeploymentHandle | None = None,
         *,
         admin: DeploymentHandle | None = None,
+        fine_tuning: DeploymentHandle | None = None,
     ) -> None:
         """Without ``catalog`` (``llmaas deploy``), the router starts from its first ``user_config``.
 
@@ -133,6 +146,7 @@ class Router:
         self._tokenizer_handle = tokenizer
         self._gateway_handle = gateway
         self._admin = HandleCatalogAdmin(admin) if admin is not None else None
+        self._fine_tuning = HandleFineTuning(fine_tuning) if fine_tuning is not None else None
         self._model_apps: dict[str, str] = {}
         # NOTE: one response cache across catalog changes: its keys hold each model's revision
         self._responses = ResponseCache()
@@ -198,7 +212,12 @@ class Router:
         # NOTE: swapped together, after everything loaded: a request sees one catalog or the other.
         self.catalog = catalog
         self._responses.forget({m.id for m in catalog.models})
-        self.serving = _Serving(catalog, OpenAIFrontend(service, gateway, self._responses), admin)
+        tuning = FineTuningFrontend(
+            self._fine_tuning if catalog.fine_tuning is not None else None,
+            gateway,
+            catalog.fine_tuning.max_file_bytes if catalog.fine_tuning is not None else 0,
+        )
+        self.serving = _Serving(catalog, OpenAIFrontend(service, gateway, self._responses), admin, tuning)
 
     async def _respond(
         self, work: Callable[[_Serving], Awaitable[Reply]], status_code: int = 200
@@ -300,6 +319,79 @@ class Router:
     )
     async def create_detokenize(self, request: Request) -> Response:
         return await self._respond(lambda s: s.front.create_detokenize(_caller(request), request.stream()))
+
+    # ---- files and fine-tuning (OpenAI's API); a key sees its own -------------------------------------
+    @app.post("/v1/files", responses=openapi_responses(FileObject))
+    async def create_file(self, request: Request) -> Response:
+        caller, kind = _caller(request), request.headers.get("content-type")
+        return await self._respond(lambda s: s.fine_tuning.create_file(caller, kind, request.stream()))
+
+    @app.get("/v1/files", responses=openapi_responses(FileList))
+    async def list_files(
+        self,
+        request: Request,
+        purpose: str | None = None,
+        after: str | None = None,
+        limit: int | None = None,
+        order: str = "desc",
+    ) -> Response:
+        query = page_query(after, limit, purpose=purpose, order=order)
+        return await self._respond(lambda s: s.fine_tuning.list_files(_caller(request), query))
+
+    @app.get("/v1/files/{file_id}", responses=openapi_responses(FileObject))
+    async def get_file(self, file_id: str, request: Request) -> Response:
+        return await self._respond(lambda s: s.fine_tuning.get_file(_caller(request), file_id))
+
+    @app.get("/v1/files/{file_id}/content")
+    async def file_content(self, file_id: str, request: Request) -> Response:
+        try:
+            path = await self.serving.fine_tuning.file_path(_caller(request), file_id)
+        except Exception as exc:
+            return error_response(failure(exc))
+        return FileResponse(path, media_type="application/jsonl")
+
+    @app.delete("/v1/files/{file_id}", responses=openapi_responses(FileDeleted))
+    async def delete_file(self, file_id: str, request: Request) -> Response:
+        return await self._respond(lambda s: s.fine_tuning.delete_file(_caller(request), file_id))
+
+    @app.post("/v1/fine_tuning/jobs", responses=openapi_responses(FineTuningJob))
+    async def create_job(self, request: Request) -> Response:
+        return await self._respond(lambda s: s.fine_tuning.create_job(_caller(request), request.stream()))
+
+    @app.get("/v1/fine_tuning/jobs", responses=openapi_responses(FineTuningJobList))
+    async def list_jobs(
+        self, request: Request, after: str | None = None, limit: int | None = None
+    ) -> Response:
+        query = page_query(after, limit)
+        return await self._respond(lambda s: s.fine_tuning.list_jobs(_caller(request), query))
+
+    @app.get("/v1/fine_tuning/jobs/{job_id}", responses=openapi_responses(FineTuningJob))
+    async def get_job(self, job_id: str, request: Request) -> Response:
+        return await self._respond(lambda s: s.fine_tuning.get_job(_caller(request), job_id))
+
+    @app.post("/v1/fine_tuning/jobs/{job_id}/cancel", responses=openapi_responses(FineTuningJob))
+    async def cancel_job(self, job_id: str, request: Request) -> Response:
+        return await self._respond(lambda s: s.fine_tuning.cancel_job(_caller(request), job_id))
+
+    @app.get("/v1/fine_tuning/jobs/{job_id}/events", responses=openapi_responses(FineTuningEventList))
+    async def job_events(
+        self, job_id: str, request: Request, after: str | None = None, limit: int | None = None
+    ) -> Response:
+        query = page_query(after, limit)
+        return await self._respond(lambda s: s.fine_tuning.job_events(_caller(request), job_id, query))
+
+    @app.get(
+        "/v1/fine_tuning/jobs/{job_id}/checkpoints", responses=openapi_responses(FineTuningCheckpointList)
+    )
+    async def job_checkpoints(
+        self, job_id: str, request: Request, after: str | None = None, limit: int | None = None
+    ) -> Response:
+        query = page_query(after, limit)
+        return await self._respond(lambda s: s.fine_tuning.job_checkpoints(_caller(request), job_id, query))
+
+    @app.delete("/v1/models/{model_id:path}", responses=openapi_responses(ModelDeleted))
+    async def delete_model(self, model_id: str, request: Request) -> Response:
+        return await self._respond(lambda s: s.fine_tuning.delete_model(_caller(request), model_id))
 
     # ---- admin (API keys, usage, the catalog); needs an admin key ----------------------------------
     @app.post("/admin/keys")

@@ -1,7 +1,8 @@
 """Names of the platform's Serve deployments and applications: defined here, once.
 
 A catalog ``app_name: llmaas`` runs as
-- ``llmaas``: the front application (deployments ``router``, ``tokenizer``, ``gateway``, ``catalog-admin``);
+- ``llmaas``: the front application (deployments ``router``, ``tokenizer``, ``gateway``, ``catalog-admin``,
+  ``fine-tuning``);
 - ``llmaas-model-<id>``: one application per model (deployment ``model-<id>``);
 - ``llmaas-pool-<name>``: one application per multiplexed pool (deployment ``pool-<name>``).
 
@@ -17,6 +18,7 @@ ROUTER: Final = "router"
 TOKENIZER: Final = "tokenizer"
 GATEWAY: Final = "gateway"
 CATALOG_ADMIN: Final = "catalog-admin"
+FINE_TUNING: Final = "fine-tuning"
 
 _MODEL_PREFIX = "model-"
 _POOL_PREFIX = "pool-"
@@ -54,6 +56,7 @@ def is_model_deployment(name: str) -> bool:
 
 __all__ = [
     "CATALOG_ADMIN",
+    "FINE_TUNING",
     "GATEWAY",
     "ROUTER",
     "TOKENIZER",

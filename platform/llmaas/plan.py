@@ -42,9 +42,11 @@ from llmaas.config.catalog import (
     TokenizerConfig,
     WorkerResources,
 )
+from llmaas.config.fine_tuning import FineTuningConfig
 from llmaas.config.gateway import GatewayConfig
 from llmaas.naming import (
     CATALOG_ADMIN,
+    FINE_TUNING,
     GATEWAY,
     ROUTER,
     TOKENIZER,
@@ -56,7 +58,7 @@ from llmaas.naming import (
 
 Resources = dict[str, float]
 Shape = Literal["split", "single"]
-Kind = Literal["router", "tokenizer", "gateway", "catalog-admin", "model", "pool"]
+Kind = Literal["router", "tokenizer", "gateway", "catalog-admin", "fine-tuning", "model", "pool"]
 
 FRONT_IMPORT_PATH = "llmaas.deployments.builder:build_front"
 MODEL_IMPORT_PATH = "llmaas.deployments.builder:build_model"
@@ -87,6 +89,7 @@ class FrontArgs(BaseConfig):
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     gateway: GatewayConfig | None = None
     app_name: str = Field(default="llmaas", description="The platform's front application (catalog admin).")
+    fine_tuning: FineTuningConfig | None = None
 
 
 class ModelArgs(BaseConfig):
@@ -435,12 +438,32 @@ def front_deployments(
                 max_ongoing_requests=16,
             )
         )
+    if admin and front.fine_tuning is not None:
+        # NOTE: files, jobs and the job runner; training itself runs in Ray Train's workers, which
+        # reserve fine_tuning.resources when a job starts, so this replica takes no CPU.
+        deployments.append(
+            DeploymentPlan(
+                name=FINE_TUNING,
+                app=app,
+                kind="fine-tuning",
+                label=FINE_TUNING,
+                actor_options={"num_cpus": 0},
+                bundles=({"CPU": 0.0},),
+                replicas=ReplicaBounds.fixed(1),
+                max_ongoing_requests=64,
+                user_config=user_config,
+            )
+        )
     return deployments
 
 
 def front_args(catalog: Catalog) -> FrontArgs:
     return FrontArgs(
-        router=catalog.router, tokenizer=catalog.tokenizer, gateway=catalog.gateway, app_name=catalog.app_name
+        router=catalog.router,
+        tokenizer=catalog.tokenizer,
+        gateway=catalog.gateway,
+        app_name=catalog.app_name,
+        fine_tuning=catalog.fine_tuning,
     )
 
 

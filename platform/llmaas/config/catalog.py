@@ -15,6 +15,7 @@ from typing import Literal, get_args
 from pydantic import ByteSize, Field, field_validator, model_validator
 
 from llmaas.config.base import BaseConfig
+from llmaas.config.fine_tuning import FineTuningConfig
 from llmaas.config.gateway import GatewayConfig
 from llmaas.naming import deployment_name, pool_deployment_name
 
@@ -336,6 +337,14 @@ class ModelSpec(BaseConfig):
         ),
     )
     description: str = Field(default="", description="Shown in /v1/models.")
+    parent: str | None = Field(
+        default=None, description="A fine-tuned model: the catalog model it was tuned from (/v1/models)."
+    )
+    owner: str | None = Field(
+        default=None,
+        description="A fine-tuned model: the API key id that made it. With the gateway on, other keys "
+        "(except admin keys) get a 404 for it, as for a model that does not exist.",
+    )
     engine: EngineSelection | None = Field(
         default=None,
         description=(
@@ -523,6 +532,10 @@ class Catalog(BaseConfig):
     )
     pools: dict[str, PoolConfig] = Field(
         default_factory=dict, description="Multiplexed pools, by name; a model joins one with `pool:`."
+    )
+    fine_tuning: FineTuningConfig | None = Field(
+        default=None,
+        description="Users' fine-tuning through /v1/files and /v1/fine_tuning/jobs; left out: off.",
     )
 
     @field_validator("app_name")

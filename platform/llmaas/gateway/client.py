@@ -80,6 +80,14 @@ class GatewayClient(RequestRecorder):
         raise_refusal(admission)
         return admission.key_id
 
+    async def principal(self, authorization: str | None) -> tuple[str | None, bool]:
+        """The caller's key id and whether it is an admin key ((None, False) with auth off)."""
+        if not self.auth:
+            return None, False
+        admission: Admission = await self.handle.admit.remote(hash_secret(bearer_secret(authorization)), None)
+        raise_refusal(admission)
+        return admission.key_id, admission.admin
+
     # ---- keys and usage (the admin API) ------------------------------------------------------
     async def create_key(self, request: KeyRequest) -> NewKey:
         made: NewKey = await self.handle.create_key.remote(request)

@@ -30,6 +30,7 @@ class Admission(BaseModel):
     """The gateway's answer to ``admit``: a key id, or an error for the router to send."""
 
     key_id: str | None = None
+    admin: bool = False  # the key is an admin key (it sees every tenant's files, jobs and models)
     status: int = 200
     message: str = ""
     code: str | None = None
@@ -141,7 +142,7 @@ class Gateway:
                 "rate_limit_exceeded",
                 refusal.retry_after_s,
             )
-        return Admission(key_id=key.id)
+        return Admission(key_id=key.id, admin=key.admin)
 
     async def create_key(self, request: KeyRequest) -> NewKey:
         made = make_key(request, self.clock())

@@ -1,0 +1,249 @@
+"""The job runner with a fake training run and registrar: the queue, events and checkpoints, success
+only once the model answers, failure and cancel, and a restart that resumes and serves again."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+from llmaas.config.catalog import Catalog, ModelSpec
+from llmaas.config.fine_tuning import FineTuningConfig
+from llmaas.finetune.files import Files
+from llmaas.finetune.jobs import Jobs
+from llmaas.finetune.runner import JobRunner
+from llmaas.finetune.spec import (
+    CheckpointInfo,
+    TrainingCancelled,
+    TrainingEvent,
+    TrainingFailed,
+    TrainingResult,
+    TrainingSpec,
+)
+from llmaas.finetune.store import FineTuneStore, JobRecord
+from llmaas.finetune.uploads import Upload
+from llmaas.openai.protocol.fine_tuning import CreateFineTuningJob
+
+LABELLED = [{"text": f"sample {i}", "label": "even" if i % 2 == 0 else "odd"} for i in range(20)]
+
+
+class FakeRun:
+    """Reports two metrics events and a checkpoint, then ends as ``outcome`` says (or when cancelled)."""
+
+    def __init__(self, spec: TrainingSpec, outcome: str, gate: threading.Event) -> None:
+        self.spec = spec
+        self.outcome = outcome
+        self.gate = gate
+        self.cancelled = False
+        self.events = [
+            TrainingEvent(type="metrics", message="step 1", step=1, train_loss=1.0),
+            TrainingEvent(
+                message="Checkpoint created at step 2",
+                checkpoint=CheckpointInfo(step_number=2, metrics={"train_loss": 0.5}, path="/ck/2"),
+            ),
+            TrainingEvent(type="metrics", message="step 2", step=2, train_loss=0.5),
+        ]
+
+    def poll(self, timeout: float | None = 30) -> list[TrainingEvent]:
+        out, self.events = self.events, []
+        return out
+
+    def wait(self, timeout: float) -> bool:
+        return self.gate.wait(timeout) or self.cancelled
+
+    def cancel(self, force_after_s: float = 60.0) -> None:
+        self.cancelled = True
+
+    def result(self, timeout: float | None = None) -> TrainingResult:
+        if self.cancelled:
+            raise TrainingCancelled("cancelled")
+        if self.outcome == "fail":
+            raise TrainingFailed("the worker ran out of memory")
+        out = Path(self.spec.storage_path) / "out"
+        return TrainingResult(
+            job_id=self.spec.job_id,
+            kind=self.spec.kind,
+            method="lora",
+            output_dir=str(out),
+            trained_tokens=42,
+            steps=2,
+        )
+
+
+class FakeRegistrar:
+    def __init__(self) -> None:
+        self.entries: dict[str, dict[str, Any]] = {}
+        self.ready: set[str] = set()
+
+    async def add(self, entry: dict[str, Any]) -> None:
+        self.entries[entry["id"]] = entry
+
+    async def wait_ready(self, model_id: str, timeout_s: float) -> None:
+        assert model_id in self.entries
+        self.ready.add(model_id)
+
+    async def remove(self, model_id: str) -> None:
+        self.entries.pop(model_id, None)
+
+    async def has(self, model_id: str) -> bool:
+        return model_id in self.entries
+
+
+class World:
+    def __init__(self, tmp: Path, outcome: str = "ok", **config: Any) -> None:
+        (tmp / "files").mkdir(exist_ok=True)
+        (tmp / "base").mkdir(exist_ok=True)
+        (tmp / "base" / "config.json").write_text("{}")
+        self.tmp = tmp
+        self.catalog = Catalog.model_validate(
+            {"models": [{"id": "enc", "task": "embed", "source": {"demo": "all-minilm-l6-v2"}}]}
+        )
+        self.config = FineTuningConfig(storage_path=str(tmp / "storage"), **config)
+        self.store = FineTuneStore.open(f"sqlite:///{tmp / 'ft.db'}")
+        self.files = Files(self.store, tmp / "files")
+        self.jobs = Jobs(self.config, self.catalog, self.store, self.files, lambda path, kind, spec: 10)
+        self.registrar = FakeRegistrar()
+        self.gate = threading.Event()
+        self.runs: list[FakeRun] = []
+        self.outcome = outcome
+        self.runner = self._runner()
+
+    def _runner(self) -> JobRunner:
+        def start(spec: TrainingSpec) -> FakeRun:
+            run = FakeRun(spec, self.outcome, self.gate)
+            self.runs.append(run)
+            return run
+
+        def base_dir(spec: ModelSpec) -> Path:
+            return self.tmp / "base"
+
+        runner = JobRunner(self.config, self.catalog, self.jobs, self.registrar, start, base_dir)
+        self.jobs.wake = runner.wake
+        return runner
+
+    async def job(self) -> str:
+        path = self.tmp / "labelled.jsonl"
+        path.write_text("".join(json.dumps(line) + "\n" for line in LABELLED))
+        upload = Upload(filename="l.jsonl", purpose="fine-tune", path=path, bytes=path.stat().st_size)
+        file = await self.files.add(upload, "key-a")
+        return (await self.jobs.create(CreateFineTuningJob(model="enc", training_file=file.id), "key-a")).id
+
+    async def until(self, job_id: str, *statuses: str) -> JobRecord:
+        for _ in range(200):
+            job = self.store.get(JobRecord, job_id)
+            if job is not None and job.status in statuses:
+                return job
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"job {job_id} never reached {statuses}: {self.store.get(JobRecord, job_id)}")
+
+
+def test_a_job_trains_records_its_progress_and_succeeds_once_its_model_answers(tmp_path: Path):
+    world = World(tmp_path)
+
+    async def main() -> None:
+        world.runner.start_loop()
+        job_id = await world.job()
+        await world.until(job_id, "running")
+        world.gate.set()
+        job = await world.until(job_id, "succeeded")
+        model = job.fine_tuned_model
+        assert model == f"ft:enc:key-a::{job_id}" and model in world.registrar.ready
+        entry = world.registrar.entries[model]
+        assert entry["task"] == "classify" and entry["parent"] == "enc" and entry["owner"] == "key-a"
+        assert job.trained_tokens == 42
+        spec = world.runs[0].spec
+        assert spec.kind == "classification" and spec.hyperparameters.learning_rate == 2e-4
+        events = (await world.jobs.events(job_id, "key-a", limit=100)).data
+        metrics = [e for e in events if e.type == "metrics"]
+        assert [e.data for e in reversed(metrics)] == [
+            {"step": 1, "train_loss": 1.0},
+            {"step": 2, "train_loss": 0.5},
+        ]
+        assert events[0].message.startswith("The job has successfully completed")
+        points = (await world.jobs.checkpoints(job_id, "key-a")).data
+        assert [(p.step_number, p.metrics) for p in points] == [(2, {"train_loss": 0.5})]
+        await world.runner.stop_loop()
+
+    asyncio.run(main())
+
+
+def test_a_failed_run_fails_the_job_with_its_reason(tmp_path: Path):
+    world = World(tmp_path, outcome="fail")
+    world.gate.set()
+
+    async def main() -> None:
+        world.runner.start_loop()
+        job = await world.until(await world.job(), "failed")
+        assert job.error is not None and "out of memory" in job.error.message
+        assert job.fine_tuned_model is None and world.registrar.entries == {}
+        await world.runner.stop_loop()
+
+    asyncio.run(main())
+
+
+def test_cancel_stops_the_run_and_nothing_is_served(tmp_path: Path):
+    world = World(tmp_path)
+
+    async def main() -> None:
+        world.runner.start_loop()
+        job_id = await world.job()
+        await world.until(job_id, "running")
+        cancelled = await world.jobs.cancel(job_id, "key-a", False, world.runner.stop)
+        assert cancelled.status == "cancelled" and world.runs[0].cancelled
+        await asyncio.sleep(0.2)
+        job = world.store.get(JobRecord, job_id)
+        assert job is not None and job.status == "cancelled" and world.registrar.entries == {}
+        await world.runner.stop_loop()
+
+    asyncio.run(main())
+
+
+def test_jobs_queue_beyond_the_concurrency_limit(tmp_path: Path):
+    world = World(tmp_path, max_concurrent_jobs=1)
+
+    async def main() -> None:
+        world.runner.start_loop()
+        first, second = await world.job(), await world.job()
+        await world.until(first, "running")
+        await asyncio.sleep(0.2)
+        assert world.store.get(JobRecord, second).status == "queued"  # type: ignore[union-attr]
+        world.gate.set()
+        await world.until(second, "succeeded")
+        await world.runner.stop_loop()
+
+    asyncio.run(main())
+
+
+def test_a_restart_resumes_unfinished_jobs_and_serves_finished_ones_again(tmp_path: Path):
+    world = World(tmp_path)
+
+    async def before() -> tuple[str, str]:
+        world.runner.start_loop()
+        done = await world.job()
+        await world.until(done, "running")
+        world.gate.set()
+        await world.until(done, "succeeded")
+        world.gate.clear()
+        unfinished = await world.job()
+        await world.until(unfinished, "running")
+        await world.runner.stop_loop()  # the platform goes away mid-run
+        return done, unfinished
+
+    done, unfinished = asyncio.run(before())
+    again = World(tmp_path)  # a new replica on the same database; the catalog forgot the model
+    again.gate.set()
+
+    async def after() -> None:
+        again.runner.start_loop()
+        await again.runner.recover()
+        finished = again.store.get(JobRecord, done)
+        assert finished is not None and finished.fine_tuned_model in again.registrar.entries
+        job = await again.until(unfinished, "succeeded")
+        assert job.attempts == 1
+        messages = [e.message for e in (await again.jobs.events(unfinished, "key-a", limit=100)).data]
+        assert any("resumes from its last checkpoint" in m for m in messages)
+        await again.runner.stop_loop()
+
+    asyncio.run(after())

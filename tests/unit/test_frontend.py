@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from llmaas.config.catalog import Catalog
 from llmaas.config.gateway import GatewayConfig
 from llmaas.errors import AuthError, Forbidden
 from llmaas.gateway.client import GatewayClient
@@ -208,5 +209,40 @@ def test_http_bodies_with_the_new_fields_get_openais_shapes():
                 Caller(), _body(b'{"model": "gen", "prompt": "x", "logit_bias": {"100": 1}}')
             )
         assert (bias.value.status, bias.value.param) == (400, "logit_bias")
+
+    asyncio.run(main())
+
+
+def test_a_fine_tuned_model_is_its_owners_alone(tmp_path: Path):
+    """Another key gets a 404 for it, as for a model that does not exist; an admin key sees it."""
+
+    async def main() -> None:
+        gateway = Gateway(GatewayConfig(database=f"sqlite:///{tmp_path / 'gw.db'}"))
+        await gateway.start()
+        owner = await gateway.create_key(KeyRequest(name="owner"))
+        other = await gateway.create_key(KeyRequest(name="other"))
+        admin = await gateway.create_key(KeyRequest(name="admin", admin=True))
+        client = GatewayClient(Handle(gateway), auth=True, ledger=False)
+        catalog = _catalog().model_dump()
+        tuned = {**catalog["models"][0], "id": "ft:gen:x::ftjob-1", "owner": owner.key.id, "parent": "gen"}
+        catalog["models"].append(tuned)
+        models: dict[str, Any] = {"gen": FakeModel(), "emb": FakeModel("embed"), tuned["id"]: FakeModel()}
+        service = OpenAIService(Catalog.model_validate(catalog), FakeTokenizer(), models)
+        front = OpenAIFrontend(service, client)
+        body = b'{"model": "ft:gen:x::ftjob-1", "prompt": "hi", "max_tokens": 2}'
+        mine = await front.create_completion(Caller(f"Bearer {owner.secret}"), _body(body))
+        assert isinstance(mine, CompletionResponse)
+        with pytest.raises(OpenAIError) as hidden:
+            await front.create_completion(Caller(f"Bearer {other.secret}"), _body(body))
+        assert hidden.value.status == 404
+        assert hidden.value.message.endswith("Served models: gen, emb.")  # nothing of another tenant's
+        names = {m.id for m in (await front.list_models(Caller(f"Bearer {other.secret}"))).data}
+        assert names == {"gen", "emb"}
+        card = await front.get_model(Caller(f"Bearer {owner.secret}"), tuned["id"])
+        assert (card.owned_by, card.parent, card.root) == (owner.key.id, "gen", "gen")
+        with pytest.raises(OpenAIError):
+            await front.get_model(Caller(f"Bearer {other.secret}"), tuned["id"])
+        assert len((await front.list_models(Caller(f"Bearer {admin.secret}"))).data) == 3
+        await gateway.stop()
 
     asyncio.run(main())

@@ -68,8 +68,14 @@ class GatewayClient(RequestRecorder):
     ) -> str | None:
         """The caller's key id (None with auth off); raises ``AuthError``, ``Forbidden`` or
         ``RateLimited`` otherwise."""
+        return (await self.admit(authorization, model, admin=admin))[0]
+
+    async def admit(
+        self, authorization: str | None, model: str | None, *, admin: bool = False
+    ) -> tuple[str | None, bool]:
+        """``authorize``'s key id, and whether it is an admin key."""
         if not self.auth and not admin:
-            return None
+            return None, False
         if not self.auth:
             raise Forbidden(
                 "Admin routes need API keys: set gateway.auth: true in the catalog and use an admin key.",
@@ -78,15 +84,11 @@ class GatewayClient(RequestRecorder):
         secret = bearer_secret(authorization)
         admission: Admission = await self.handle.admit.remote(hash_secret(secret), model, admin=admin)
         raise_refusal(admission)
-        return admission.key_id
+        return admission.key_id, admission.admin
 
     async def principal(self, authorization: str | None) -> tuple[str | None, bool]:
         """The caller's key id and whether it is an admin key ((None, False) with auth off)."""
-        if not self.auth:
-            return None, False
-        admission: Admission = await self.handle.admit.remote(hash_secret(bearer_secret(authorization)), None)
-        raise_refusal(admission)
-        return admission.key_id, admission.admin
+        return await self.admit(authorization, None)
 
     # ---- keys and usage (the admin API) ------------------------------------------------------
     async def create_key(self, request: KeyRequest) -> NewKey:

@@ -174,6 +174,9 @@ class ServiceCore:
             cards.append(
                 ModelCard(
                     id=spec.id,
+                    owned_by=spec.owner or "llmaas",
+                    parent=spec.parent,
+                    root=spec.parent or spec.id,
                     task=spec.task.value,
                     max_context_length=info.max_context_length if info else spec.max_context_length,
                     description=spec.description,

@@ -149,10 +149,24 @@ class OpenAIFrontend:
         return recording(await opening(), lambda parts: self.cache.put(spec, key, list(parts)))
 
     async def authorize(self, caller: Caller, model: object) -> str | None:
-        """The caller's key id (None: auth is off); raises the gateway's refusal."""
+        """The caller's key id (None: auth is off); raises the gateway's refusal, and a 404 for a
+        fine-tuned model another key owns (as if it did not exist)."""
         if self.gateway is None:
             return None
-        return await self.gateway.authorize(caller.authorization, model if isinstance(model, str) else None)
+        named = model if isinstance(model, str) else None
+        key_id, admin = await self.gateway.admit(caller.authorization, named)
+        spec = self.service.catalog.get(named) if named is not None else None
+        if spec is not None and not self._visible(spec.owner, key_id, admin):
+            raise model_not_found(named or "", self._names(key_id, admin))
+        return key_id
+
+    @staticmethod
+    def _visible(owner: str | None, key_id: str | None, admin: bool) -> bool:
+        """A model is everyone's, unless a key owns it (a fine-tuned model): then its owner's."""
+        return owner is None or admin or owner == key_id
+
+    def _names(self, key_id: str | None, admin: bool) -> list[str]:
+        return [m.id for m in self.service.catalog.models if self._visible(m.owner, key_id, admin)]
 
     # ---- the ledger ----------------------------------------------------------------------------
     async def settle(self, request_id: str | None = None) -> None:
@@ -201,15 +215,22 @@ class OpenAIFrontend:
             raise
 
     async def list_models(self, caller: Caller) -> ModelList:
-        await self.authorize(caller, None)
-        return await self.service.list_models()
+        visible = set(await self._visible_models(caller))
+        models = await self.service.list_models()
+        return models.model_copy(update={"data": [c for c in models.data if c.id in visible]})
+
+    async def _visible_models(self, caller: Caller) -> list[str]:
+        if self.gateway is None:
+            return [m.id for m in self.service.catalog.models]
+        key_id, admin = await self.gateway.admit(caller.authorization, None)
+        return self._names(key_id, admin)
 
     async def get_model(self, caller: Caller, model_id: str) -> ModelCard:
-        await self.authorize(caller, None)
+        visible = await self._visible_models(caller)
         for card in (await self.service.list_models()).data:
-            if card.id == model_id:
+            if card.id == model_id and card.id in visible:
                 return card
-        raise model_not_found(model_id, [m.id for m in self.service.catalog.models])
+        raise model_not_found(model_id, visible)
 
     async def create_completion(
         self, caller: Caller, body: AsyncIterable[bytes]

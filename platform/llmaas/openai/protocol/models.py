@@ -18,6 +18,8 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int = Field(default_factory=now)
     owned_by: str = "llmaas"
+    parent: str | None = Field(default=None, description="A fine-tuned model: the model it was tuned from.")
+    root: str | None = Field(default=None, description="The catalog model its weights come from.")
     task: str
     max_context_length: int | None = None
     description: str = ""

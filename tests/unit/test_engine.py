@@ -448,6 +448,61 @@ def test_min_tokens_holds_eos_back(engine, reference):
     assert not set(held[: len(early) + 4]) & set(eng.info.eos_token_ids)
 
 
+def test_stop_token_ids_end_the_sequence_and_wait_for_min_tokens(engine, reference):
+    eng, loop = engine
+    tokenizer, _ = reference
+    prompt = tokenizer.encode("Monday, Tuesday,")
+    plain = loop.run_until_complete(_chunks(eng, prompt, max_tokens=24, temperature=0.0, ignore_eos=True))
+    ids = [t for c in plain for t in c.token_ids]
+    at = next(i for i in range(2, len(ids)) if ids[i] not in ids[:i])  # a token's first occurrence
+    stopped = loop.run_until_complete(
+        _chunks(eng, prompt, max_tokens=24, temperature=0.0, ignore_eos=True, stop_token_ids=(ids[at], 10**6))
+    )
+    assert [t for c in stopped for t in c.token_ids] == ids[: at + 1]
+    assert stopped[-1].finish_reason is FinishReason.STOP
+    assert "".join(c.text for c in stopped) == tokenizer.decode(ids[:at], skip_special_tokens=True)
+    held = loop.run_until_complete(
+        _chunks(
+            eng,
+            prompt,
+            max_tokens=24,
+            temperature=0.0,
+            ignore_eos=True,
+            stop_token_ids=(ids[at],),
+            min_tokens=at + 3,
+        )
+    )
+    held_ids = [t for c in held for t in c.token_ids]
+    assert ids[at] not in held_ids[: at + 2] and len(held_ids) > at + 2
+
+
+def test_min_tokens_holds_stop_strings_back(engine, reference):
+    eng, loop = engine
+    tokenizer, _ = reference
+    prompt = tokenizer.encode("Monday, Tuesday,")
+    plain = loop.run_until_complete(_chunks(eng, prompt, max_tokens=24, temperature=0.0, ignore_eos=True))
+    text = "".join(c.text for c in plain)
+    word = next(w for w in text.split() if len(w) > 2)
+    first = loop.run_until_complete(
+        _chunks(eng, prompt, max_tokens=24, temperature=0.0, ignore_eos=True, stop=(word,))
+    )
+    assert first[-1].finish_reason is FinishReason.STOP
+    cut = "".join(c.text for c in first)
+    assert cut == text[: text.index(word)]
+    # NOTE: min_tokens also bans EOS, which changes greedy tokens where EOS was the best: compare
+    # with the same min_tokens and no stop string
+    unstopped = loop.run_until_complete(
+        _chunks(eng, prompt, max_tokens=24, temperature=0.0, ignore_eos=True, min_tokens=24)
+    )
+    full = "".join(c.text for c in unstopped)
+    held = loop.run_until_complete(
+        _chunks(eng, prompt, max_tokens=24, temperature=0.0, ignore_eos=True, stop=(word,), min_tokens=24)
+    )
+    assert word in full
+    assert held[-1].finish_reason is FinishReason.LENGTH  # a stop string before min_tokens is text
+    assert "".join(c.text for c in held) == full
+
+
 MIXED: list[dict[str, Any]] = [
     {"temperature": 0.0},
     {"temperature": 0.0, "frequency_penalty": 1.0, "presence_penalty": 0.5},

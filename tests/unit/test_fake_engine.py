@@ -226,6 +226,28 @@ def test_stop_strings_cut_the_text():
     assert "".join(c.text for c in cut) == words[: words.index(stop)]
 
 
+def test_stop_token_ids_end_the_sequence_and_min_tokens_holds_stop_strings_back():
+    plain = run(lambda e: collect(e, request([8, 8], max_tokens=6)))
+    ids = tokens(plain)
+    at = next(i for i in range(1, len(ids)) if ids[i] not in ids[:i])
+    cut = run(lambda e: collect(e, request([8, 8], max_tokens=6, stop_token_ids=(ids[at],))))
+    assert tokens(cut) == ids[: at + 1] and cut[-1].finish_reason is FinishReason.STOP
+    assert "".join(c.text for c in cut) == "".join(f" w{t}" for t in ids[:at])
+    stop = f" w{ids[1]}"
+    held = run(lambda e: collect(e, request([8, 8], max_tokens=6, stop=(stop,), min_tokens=6)))
+    assert held[-1].finish_reason is FinishReason.LENGTH and tokens(held) == ids
+
+
+def test_structured_output_is_refused_naming_the_field():
+    from llmaas.engine.errors import InvalidStructuredOutput
+    from llmaas.engine.types import StructuredOutput
+
+    structured = StructuredOutput(kind="choice", choice=("yes", "no"), param="guided_choice")
+    with pytest.raises(InvalidStructuredOutput, match="the fake engine does not constrain output") as caught:
+        run(lambda e: collect(e, request([8], max_tokens=3, structured=structured)))
+    assert caught.value.param == "guided_choice"
+
+
 def test_info_and_health_before_and_after_start():
     async def main() -> None:
         engine = FakeEngine(make_spec(tensor_parallel_size=2), Path("/nowhere"), peers=object())

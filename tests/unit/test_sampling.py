@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import pytest
@@ -366,3 +367,128 @@ def test_top_p_nuclei_wider_than_the_first_candidates(nucleus: int):
     drawn = got.nonzero()[:, 0]
     assert int(drawn.max()) == pytest.approx(cut, rel=0.05), "the nucleus ends where its mass reaches 0.9"
     assert int(drawn.max()) <= cut
+
+
+# ---- stop_token_ids and structured output ----------------------------------------------------
+def test_min_tokens_bans_stop_token_ids_too_only_in_rows_that_name_them():
+    logits = torch.zeros((2, VOCAB))
+    logits[:, 7] = 50.0
+    named = SequenceSampler(sp(temperature=0.0, min_tokens=2, stop_token_ids=(7, 9)))
+    other = SequenceSampler(sp(temperature=0.0, min_tokens=2))
+    got = [sample_batch(logits, [named, other], eos_token_ids={EOS}).tokens for _ in range(3)]
+    assert got[0][0] not in (7, 9, EOS) and got[1][0] not in (7, 9, EOS)
+    assert got[2][0] == 7
+    assert [step[1] for step in got] == [7, 7, 7]
+
+
+@pytest.fixture(scope="module")
+def grammars(chat_model_path):
+    from transformers import AutoTokenizer
+
+    from llmaas.engine.guided import GrammarCompiler
+
+    tokenizer = AutoTokenizer.from_pretrained(chat_model_path)
+    compiler = GrammarCompiler(tokenizer, eos_token_ids=[EOS], name="tiny")
+    yield tokenizer, compiler
+    compiler.shutdown()
+
+
+def structured(compiler, **fields: Any):
+    from llmaas.engine.types import StructuredOutput
+
+    return compiler.compile_blocking(StructuredOutput(**fields))
+
+
+def test_a_constrained_row_follows_its_grammar_and_is_not_the_fast_path(grammars):
+    tokenizer, compiler = grammars
+    vocab = len(tokenizer)
+    model = bigram(7, vocab)
+    row = SequenceSampler(
+        sp(temperature=0.0),
+        [1],
+        matcher=structured(compiler, kind="regex", regex="[0-9]{3}-[a-z]{2}").matcher(),
+    )
+    assert not row.plain
+    last, out = 1, []
+    for _ in range(12):
+        result = sample_batch(model[last : last + 1], [row], eos_token_ids={EOS})
+        assert result.errors == [None]
+        last = result.tokens[0]
+        if last == EOS:
+            break
+        out.append(last)
+        if row.matcher is not None and row.matcher.finished:
+            break
+    assert re.fullmatch("[0-9]{3}-[a-z]{2}", tokenizer.decode(out))
+
+
+def test_a_batch_mixing_constrained_penalised_and_plain_rows_gives_each_what_it_gets_alone(grammars):
+    tokenizer, compiler = grammars
+    vocab = len(tokenizer)
+    model = bigram(8, vocab)
+    schema = (
+        '{"type":"object","properties":{"a":{"type":"integer"},"b":{"enum":["x","yy"]}},"required":["a","b"]}'
+    )
+    specs: list[dict[str, Any] | None] = [
+        {"kind": "json", "json_schema": schema},
+        None,
+        {"kind": "choice", "choice": ("alpha", "beta", "gamma")},
+        None,
+        {"kind": "regex", "regex": "[a-z]+@[a-z]+"},
+        None,
+    ]
+    params = [
+        sp(temperature=0.0),
+        sp(temperature=0.0),
+        sp(temperature=0.9, seed=5, top_p=0.9),
+        sp(temperature=0.0, repetition_penalty=1.3, frequency_penalty=0.5, logprobs=2),
+        sp(temperature=0.0, presence_penalty=1.0, min_tokens=2),
+        sp(temperature=0.7, seed=6),
+    ]
+
+    def run(together: bool) -> list[list[int]]:
+        rows = [
+            SequenceSampler(p, [1], matcher=None if s is None else structured(compiler, **s).matcher())
+            for p, s in zip(params, specs, strict=True)
+        ]
+        outs: list[list[int]] = [[] for _ in params]
+        last = [1] * len(params)
+        for _ in range(20):
+            logits = model[torch.tensor(last)]
+            if together:
+                result = sample_batch(logits, rows, eos_token_ids={EOS})
+                tokens, errors = result.tokens, result.errors
+            else:
+                parts = [
+                    sample_batch(logits[i : i + 1], [r], eos_token_ids={EOS}) for i, r in enumerate(rows)
+                ]
+                tokens, errors = [p.tokens[0] for p in parts], [p.errors[0] for p in parts]
+            assert errors == [None] * len(rows)
+            for out, token in zip(outs, tokens, strict=True):
+                out.append(token)
+            # NOTE: a finished grammar allows EOS only: the row keeps a valid (ended) state
+            last = tokens
+        return outs
+
+    together, alone = run(together=True), run(together=False)
+    assert together == alone
+    choice = tokenizer.decode([t for t in together[2] if t != EOS])
+    assert any(choice.startswith(c) for c in ("alpha", "beta", "gamma"))
+
+
+def test_a_constrained_row_whose_matcher_fails_ends_alone(grammars):
+    tokenizer, compiler = grammars
+    grammar = structured(compiler, kind="choice", choice=("yes",))
+    broken = grammar.matcher()
+    assert broken.accept(tokenizer.encode("no", add_special_tokens=False)[0]) is not None
+    logits = torch.randn((3, len(tokenizer)), generator=torch.Generator().manual_seed(9))
+    rows = [
+        SequenceSampler(sp(temperature=0.0)),
+        SequenceSampler(sp(temperature=0.0), matcher=broken),
+        SequenceSampler(sp(temperature=0.0), matcher=grammar.matcher()),
+    ]
+    result = sample_batch(logits, rows, eos_token_ids={EOS})
+    assert result.tokens[0] == int(logits[0].argmax())
+    assert result.tokens[1] == -1 and (result.errors[1] or "").startswith("structured output failed")
+    assert result.errors[2] is None
+    assert "yes".startswith(tokenizer.decode([result.tokens[2]]))

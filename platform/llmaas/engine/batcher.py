@@ -7,6 +7,12 @@ and cache columns that became padding in every row are dropped.
 
 The model runs in one background thread (torch releases the GIL in its kernels), so the
 replica's event loop keeps streaming tokens and taking requests while a step runs.
+
+Structured output: ``generate`` compiles a request's grammar before queueing it, on the event
+loop's side, through the ``GrammarCompiler`` (its own thread, bounded in time and size), so a
+slow or hostile schema never stalls the step thread, and a refused one never enters the
+batch. The sampler masks constrained rows; a sequence whose grammar is complete ends at once
+with finish reason ``stop``.
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ import torch
 from llmaas.config.catalog import ModelSpec
 from llmaas.engine.chunks import coalesced
 from llmaas.engine.detokenizer import Decoder, IncrementalDetokenizer
-from llmaas.engine.errors import EngineNotReady
+from llmaas.engine.errors import EngineNotReady, InvalidStructuredOutput
+from llmaas.engine.guided import GrammarCompiler
 from llmaas.engine.kv_budget import KVBudget
 from llmaas.engine.kv_slab import compaction_order
 from llmaas.engine.runner import ModelRunner, StepInput
@@ -114,6 +121,7 @@ class BatchScheduler:
         kv_budget: KVBudget,
         pad_token_id: int = 0,
         vocab_size: int = 0,
+        grammars: GrammarCompiler | None = None,
     ) -> None:
         self.spec = spec
         self.runner = runner
@@ -123,6 +131,7 @@ class BatchScheduler:
         self.pad_token_id = pad_token_id
         self.vocab_size = vocab_size  # sizes prompt-logprobs prefills (0: unknown, one group)
         self.kv_budget = kv_budget
+        self.grammars = grammars  # None: structured output is refused (a 400)
         self._waiting: queue.Queue[Sequence] = queue.Queue()
         self._running = 0
         self._stop = threading.Event()
@@ -176,14 +185,22 @@ class BatchScheduler:
             why = f": {self.last_error}" if self.failed else ""
             raise EngineNotReady(f"model {self.spec.id!r} is not running{why}")
         params = request.sampling
+        matcher = None
+        if params.structured is not None:
+            if self.grammars is None:
+                raise InvalidStructuredOutput(
+                    f"model {self.spec.id!r} cannot constrain its output", params.structured.param
+                )
+            # NOTE: compiled off the model thread, within its bounds; raises before anything is queued
+            matcher = (await self.grammars.compile(params.structured)).matcher()
         seq = Sequence(
             request=request,
             loop=asyncio.get_running_loop(),
-            detok=IncrementalDetokenizer(self.decoder, params.stop),
+            detok=IncrementalDetokenizer(self.decoder, params.stop, params.min_tokens),
             max_new_tokens=max(
                 0, min(params.max_tokens, self.max_context_length - len(request.prompt_token_ids))
             ),
-            sampler=SequenceSampler(params, request.prompt_token_ids),
+            sampler=SequenceSampler(params, request.prompt_token_ids, matcher=matcher),
         )
         self._live.add(seq)
         self._waiting.put(seq)
@@ -199,6 +216,8 @@ class BatchScheduler:
 
     def shutdown(self) -> None:
         self._stop.set()
+        if self.grammars is not None:
+            self.grammars.shutdown()
         if self._thread is not None:
             self._thread.join(timeout=10)
 
@@ -439,7 +458,12 @@ class BatchScheduler:
             return False
         seq.generated.append(token_id)
         params = seq.request.sampling
-        if token_id in self.eos_token_ids and not params.ignore_eos:
+        matcher = seq.sampler.matcher
+        # NOTE: EOS that a grammar accepted ends the sequence even with ignore_eos: nothing may follow
+        ends = token_id in params.stop_token_ids or (
+            token_id in self.eos_token_ids and (not params.ignore_eos or matcher is not None)
+        )
+        if ends:
             self._finish(
                 seq, FinishReason.STOP, token_ids=[token_id], text=seq.detok.flush(), logprob=logprob
             )
@@ -447,6 +471,11 @@ class BatchScheduler:
         text = seq.detok.push(token_id)
         if seq.detok.stopped:
             self._finish(seq, FinishReason.STOP, token_ids=[token_id], text=text, logprob=logprob)
+            return False
+        if matcher is not None and matcher.finished:  # the grammar is complete: only EOS could follow
+            self._finish(
+                seq, FinishReason.STOP, token_ids=[token_id], text=text + seq.detok.flush(), logprob=logprob
+            )
             return False
         if len(seq.generated) >= seq.max_new_tokens:
             self._finish(

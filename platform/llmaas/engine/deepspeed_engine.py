@@ -12,6 +12,7 @@ from typing import Any
 from llmaas.config.catalog import ModelSpec
 from llmaas.engine.batcher import BatchScheduler
 from llmaas.engine.errors import EngineNotReady
+from llmaas.engine.guided import GrammarCompiler
 from llmaas.engine.kv_budget import KVBudget
 from llmaas.engine.model_config import model_context_length
 from llmaas.engine.protocol import Engine
@@ -90,6 +91,8 @@ class DeepSpeedEngine(Engine):
             pad_token_id=int(pad),
             vocab_size=int(config.vocab_size),
             kv_budget=budget,
+            # NOTE: cheap until the first structured request builds the tokenizer's grammar tables
+            grammars=GrammarCompiler(tokenizer, eos_token_ids=eos, name=self.spec.id),
         )
         self._info = ModelInfo(
             model_id=self.spec.id,

@@ -15,15 +15,22 @@ class IncrementalDetokenizer:
     Text that could still be the start of a stop string, or an incomplete UTF-8 character,
     is held back until the next token settles it, so a client never sees text that a stop
     string later removes.
+
+    ``min_tokens`` (vLLM's rule): a stop string counts only if it ends in the text of the
+    ``min_tokens``-th token or later; one that ends earlier is plain text.
     """
 
     # NOTE: decoding restarts from a window of recent tokens, not the whole sequence, so the
     # cost per token stays flat; the window keeps enough left context for byte-level merges.
     _WINDOW = 8
 
-    def __init__(self, tokenizer: Decoder, stop: tuple[str, ...] = ()) -> None:
+    def __init__(self, tokenizer: Decoder, stop: tuple[str, ...] = (), min_tokens: int = 0) -> None:
         self._tok = tokenizer
         self._stop = tuple(s for s in stop if s)
+        self._min_tokens = min_tokens
+        # NOTE: a stop string must end past this many characters of text (those of the tokens
+        # before the min_tokens-th); None until that token arrives: no stop string counts yet
+        self._stop_after: int | None = 0 if min_tokens <= 1 else None
         self._ids: list[int] = []
         self._prefix_offset = 0  # start of the decode window
         self._read_offset = 0  # tokens whose text is already in self._text
@@ -43,6 +50,8 @@ class IncrementalDetokenizer:
         if self.stopped:
             return ""
         self._ids.append(token_id)
+        if self._stop_after is None and len(self._ids) >= self._min_tokens:
+            self._stop_after = len(self._text)  # NOTE: held tokens' text is not in _text yet
         prefix = self._decode(self._ids[self._prefix_offset : self._read_offset])
         full = self._decode(self._ids[self._prefix_offset :])
         if full.endswith("\ufffd") or len(full) <= len(prefix):
@@ -54,10 +63,17 @@ class IncrementalDetokenizer:
         return self._release()
 
     def _release(self) -> str:
-        if self._stop:
-            # A stop string may begin inside text that was held back earlier.
-            search_from = max(0, self._emitted - max(len(s) for s in self._stop) + 1)
-            hits = [i for i in (self._text.find(s, search_from) for s in self._stop) if i >= 0]
+        if self._stop and self._stop_after is not None:
+            # A stop string may begin inside text that was held back earlier (but must end past
+            # _stop_after: before min_tokens it is plain text).
+            hits = [
+                i
+                for i in (
+                    self._text.find(s, max(0, self._emitted - len(s) + 1, self._stop_after - len(s) + 1))
+                    for s in self._stop
+                )
+                if i >= 0
+            ]
             if hits:
                 cut = min(hits)
                 delta = self._text[self._emitted : cut]

@@ -15,7 +15,11 @@ greedy requests repeat and different prompts (or models) differ. ``task: embed``
 deterministic unit vectors. Logprobs and prompt logprobs, when asked, are plausible made-up
 values (negative, deterministic, the token first in its top list, alternatives less likely),
 and ``max_tokens`` 0 with prompt logprobs (an echo) returns the prompt's logprobs alone.
-Other sampling controls (penalties, ``logit_bias``, ``min_tokens``) are accepted and ignored.
+``stop_token_ids`` end a sequence as EOS does, and stop strings count only from ``min_tokens`` on
+(the real detokenizer's rule); other sampling controls (penalties, ``logit_bias``, the
+``min_tokens`` ban of EOS) are accepted and ignored. Structured output (``sampling.structured``)
+is refused with ``InvalidStructuredOutput`` naming its ``param`` (a 400): the fake's words cannot
+follow a grammar, and output that claimed to would mislead a test.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from llmaas.config.catalog import ModelSpec, Task
 from llmaas.engine.chunks import coalesced
 from llmaas.engine.detokenizer import IncrementalDetokenizer
-from llmaas.engine.errors import EngineError, EngineNotReady, UnsupportedTask
+from llmaas.engine.errors import EngineError, EngineNotReady, InvalidStructuredOutput, UnsupportedTask
 from llmaas.engine.protocol import Engine
 from llmaas.engine.types import (
     EngineHealth,
@@ -253,11 +257,17 @@ class FakeEngine(Engine):
             )
         self._check_serving()
         params = request.sampling
+        if params.structured is not None:
+            raise InvalidStructuredOutput(
+                f"model {self.spec.id!r} cannot follow {params.structured.kind} structured output: "
+                "the fake engine does not constrain output",
+                params.structured.param,
+            )
         seq = FakeSequence(
             request=request,
             max_new_tokens=max(0, min(params.max_tokens, self.context - len(request.prompt_token_ids))),
             rng=random.Random(self._sequence_seed(request)),
-            detok=IncrementalDetokenizer(self._decoder, params.stop),
+            detok=IncrementalDetokenizer(self._decoder, params.stop, params.min_tokens),
             vocab_size=self.args.vocab_size,
         )
         self._waiting.append(seq)
@@ -386,7 +396,9 @@ class FakeEngine(Engine):
     def _advance(self, seq: FakeSequence, token_id: int) -> None:
         """As ``BatchScheduler._advance``: append a token, then stop, finish or emit its text."""
         seq.generated.append(token_id)
-        if token_id == self.args.eos_token_id and not seq.request.sampling.ignore_eos:
+        params = seq.request.sampling
+        eos = token_id == self.args.eos_token_id and not params.ignore_eos
+        if eos or token_id in params.stop_token_ids:
             self._finish(seq, FinishReason.STOP, token_ids=[token_id], text=seq.detok.flush())
             return
         text = seq.detok.push(token_id)

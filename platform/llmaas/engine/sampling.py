@@ -13,15 +13,18 @@ by rejection (no sort of the vocabulary). A batch where no row uses any control 
 ``argmax``, as before the controls existed.
 
 Order, as vLLM's sampler: repetition, frequency and presence penalties, ``logit_bias``, the
-``min_tokens`` ban of EOS, then (sampled rows) temperature, top-k, top-p. Logprobs are the
-model's own log-softmax, before any of these (vLLM's default), so a greedy token's logprob
-is the top one.
+``min_tokens`` ban of EOS and the row's ``stop_token_ids``, the grammar mask of structured
+output (every constrained row of the step at once, ``llmaas.engine.guided_matcher``), then
+(sampled rows) temperature, top-k, top-p. Logprobs are the model's own log-softmax, before any
+of these (vLLM's default), so a greedy token's logprob is the top one. A constrained row's
+matcher advances past each token it gets (``SequenceSampler.record``).
 
 NOTE: one row never fails the batch. Every processed row is kept finite (NaN logits become
 -inf, +inf and overflow are clamped to a finite ceiling, temperatures below ``SAMPLING_EPS``
 are greedy, top-p always keeps the top token), so a row can only be unsamplable when no
-token has a finite logit; that row alone gets an error. An unexpected exception in the
-batched path re-runs the rows one by one, so it too ends only the row that raises.
+token has a finite logit; that row alone gets an error. So does a constrained row whose
+matcher fails (a grammar error, a token it rejects). An unexpected exception in the batched
+path re-runs the rows one by one, so it too ends only the row that raises.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from dataclasses import dataclass
 
 import torch
 
+from llmaas.engine.guided_matcher import GrammarMatcher, apply_grammar_masks
 from llmaas.engine.types import SamplingParams, TokenLogprob
 
 #: Temperatures below this are greedy (vLLM's ``_SAMPLING_EPS``): dividing by them overflows.
@@ -108,7 +112,8 @@ class TokenTally:
 
 
 class SequenceSampler:
-    """One sequence's sampling state: its controls, its RNG and the token history penalties read."""
+    """One sequence's sampling state: its controls, its RNG, the token history penalties read,
+    and its grammar matcher when its output is constrained (``matcher``)."""
 
     def __init__(
         self,
@@ -116,8 +121,10 @@ class SequenceSampler:
         prompt_token_ids: Sequence[int] = (),
         *,
         generator: torch.Generator | None = None,
+        matcher: GrammarMatcher | None = None,
     ) -> None:
         self.params = params
+        self.matcher = matcher
         self.greedy = params.temperature < SAMPLING_EPS
         self.generator = generator if generator is not None else make_generator(params)
         self.num_generated = 0
@@ -139,11 +146,12 @@ class SequenceSampler:
 
     @property
     def processes(self) -> bool:
-        """Whether a logits processor (penalty, bias, min_tokens ban) changes this step's logits."""
+        """Whether a logits processor (penalty, bias, min_tokens ban, grammar) changes this step's logits."""
         return (
             self.uses_counts
             or self.uses_repetition
             or self.uses_bias
+            or self.matcher is not None
             or self.num_generated < self.params.min_tokens
         )
 
@@ -152,13 +160,15 @@ class SequenceSampler:
         """Greedy on the raw logits with nothing to report: the fast path."""
         return self.greedy and self.params.logprobs is None and not self.processes
 
-    def record(self, token_id: int) -> None:
-        """The sequence generated ``token_id``: update what the penalties and ``min_tokens`` read."""
+    def record(self, token_id: int) -> str | None:
+        """The sequence generated ``token_id``: update what the penalties, ``min_tokens`` and the
+        grammar read. Returns the grammar's error when its matcher rejects the token (else None)."""
         self.num_generated += 1
         if self.generated is not None:
             self.generated.add(token_id)
         if self.seen is not None:
             self.seen.add(token_id)
+        return self.matcher.accept(token_id) if self.matcher is not None else None
 
 
 @dataclass
@@ -178,7 +188,8 @@ def sample_batch(
 ) -> SampleResult:
     """Pick the next token for each row of ``logits`` ([batch, vocab]); record it in each row's state.
 
-    ``eos_token_ids`` are banned for rows that have not yet generated ``min_tokens`` tokens.
+    ``eos_token_ids`` (and each row's ``stop_token_ids``) are banned for rows that have not yet
+    generated ``min_tokens`` tokens.
     """
     count = len(rows)
     if all(row.plain for row in rows):  # the fast path: what a batch cost before the controls
@@ -199,9 +210,11 @@ def sample_batch(
         return SampleResult(
             [p.tokens[0] for p in parts], [p.logprobs[0] for p in parts], [p.errors[0] for p in parts]
         )
-    for row, token, error in zip(rows, result.tokens, result.errors, strict=True):
+    for i, (row, token, error) in enumerate(zip(rows, result.tokens, result.errors, strict=True)):
         if error is None:
-            row.record(token)
+            rejected = row.record(token)
+            if rejected is not None:  # NOTE: the mask allowed it, so only a broken matcher gets here
+                result.tokens[i], result.errors[i], result.logprobs[i] = -1, rejected, None
     return result
 
 
@@ -247,7 +260,7 @@ def _sample(
             tokens.index_copy_(0, index, torch.argmax(logits.index_select(0, index), dim=-1))
         sub = [rows[i] for i in busy]
         x = logits.index_select(0, _index(busy))  # a copy: the raw logits stay for logprobs
-        _apply_processors(x, sub, vocab, eos_token_ids)
+        grammar_errors = _apply_processors(x, sub, vocab, eos_token_ids)
         best, picked = x.max(dim=-1)
         # NOTE: max propagates NaN, so a finite row maximum means no NaN and no +inf in the row
         broken = (~torch.isfinite(best)).nonzero()[:, 0]
@@ -266,6 +279,8 @@ def _sample(
         for j, i in enumerate(busy):
             if not finite[j]:
                 errors[i] = NO_FINITE_LOGIT
+        for j, error in grammar_errors.items():
+            errors[busy[j]] = error
     token_list = tokens.tolist()
     logprobs = _token_logprobs(logits, rows, token_list, errors)
     return SampleResult([-1 if e else t for t, e in zip(token_list, errors, strict=True)], logprobs, errors)
@@ -296,11 +311,13 @@ def _entries(
 
 def _apply_processors(
     x: torch.Tensor, rows: list[SequenceSampler], vocab: int, eos_token_ids: Collection[int]
-) -> None:
-    """Penalties, logit bias and the min_tokens ban, in place on ``x`` ([rows, vocab]).
+) -> dict[int, str]:
+    """Penalties, logit bias, the min_tokens ban and grammar masks, in place on ``x`` ([rows, vocab]).
 
-    Each touches only the tokens it concerns (a gather and a scatter over the rows' seen
-    tokens, bias entries or EOS ids), so its cost does not grow with the vocabulary.
+    The first three touch only the tokens they concern (a gather and a scatter over the rows'
+    seen tokens, bias entries or EOS ids), so their cost does not grow with the vocabulary; the
+    grammar masks are one pass over the constrained rows. Returns the constrained rows whose
+    matcher failed, with its error (they have no token left).
     """
     rep = [j for j, row in enumerate(rows) if row.seen is not None]
     if rep:
@@ -333,10 +350,28 @@ def _apply_processors(
     if biases:
         row_ids, ids, bias = _entries([b for _, b in biases], [j for j, _ in biases], vocab)
         x.index_put_((row_ids, ids), bias, accumulate=True)
-    eos = [t for t in eos_token_ids if 0 <= t < vocab]
     banned = [j for j, row in enumerate(rows) if row.num_generated < row.params.min_tokens]
-    if banned and eos:
-        x[_index(banned)[:, None], _index(eos)[None, :]] = _NEG_INF
+    if banned:  # EOS and the row's stop_token_ids end a sequence: not before min_tokens
+        eos = [t for t in eos_token_ids if 0 <= t < vocab]
+        if not any(rows[j].params.stop_token_ids for j in banned):
+            if eos:
+                x[_index(banned)[:, None], _index(eos)[None, :]] = _NEG_INF
+        else:
+            ends = [_index([*eos, *rows[j].params.stop_token_ids]) for j in banned]
+            row_ids, ids, _ = _entries([(e, torch.zeros(len(e))) for e in ends], banned, vocab)
+            x[row_ids, ids] = _NEG_INF
+    constrained = [j for j, row in enumerate(rows) if row.matcher is not None]
+    matchers = [matcher for row in rows if (matcher := row.matcher) is not None]
+    if not matchers:
+        return {}
+    if len(matchers) == len(rows):
+        errors = apply_grammar_masks(x, matchers)
+    else:  # NOTE: one op over the constrained rows, on a copy of them (the others stay as they are)
+        index = _index(constrained)
+        part = x.index_select(0, index)
+        errors = apply_grammar_masks(part, matchers)
+        x.index_copy_(0, index, part)
+    return {j: error for j, error in zip(constrained, errors, strict=True) if error is not None}
 
 
 def _draw(x: torch.Tensor, best: torch.Tensor, rows: list[SequenceSampler]) -> torch.Tensor:

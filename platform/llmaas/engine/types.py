@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, model_validator
 
 
 class FinishReason(str, Enum):
@@ -75,7 +75,18 @@ class SamplingParams(BaseModel):
     logit_bias: tuple[tuple[int, float], ...] = Field(
         default=(), description="(token id, bias in -100..100) pairs added to the logits."
     )
-    min_tokens: int = Field(default=0, ge=0, description="EOS and stop tokens are banned before this many.")
+    min_tokens: int = Field(
+        default=0,
+        ge=0,
+        description="Generate at least this many tokens: EOS and stop_token_ids are banned, and stop "
+        "strings do not count, before then.",
+    )
+    # NOTE: vLLM's; OpenAI has none. The API layer exposes it as a request field of the same name.
+    stop_token_ids: tuple[NonNegativeInt, ...] = Field(
+        default=(),
+        description="Token ids that end the sequence (finish reason stop) like EOS: reported in "
+        "token_ids, never in text; banned before min_tokens; ignore_eos does not apply to them.",
+    )
     logprobs: int | None = Field(
         default=None,
         ge=0,

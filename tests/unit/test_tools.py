@@ -300,3 +300,19 @@ def test_response_format_reaches_the_engine_as_a_constraint():
         assert model.requests[1].sampling.structured.json_schema is None
 
     asyncio.run(main())
+
+
+def test_stop_token_ids_reach_the_engine_and_are_checked_against_the_vocabulary():
+    model = ScriptedModel("done")
+    svc, _, _, _ = service(model)
+
+    async def main() -> None:
+        await svc.chat(chat(stop_token_ids=[5, 7]))
+        assert model.requests[0].sampling.stop_token_ids == (5, 7)
+        from llmaas.openai.errors import OpenAIError
+
+        with pytest.raises(OpenAIError) as refused:
+            await svc.chat(chat(stop_token_ids=[100]))  # the fake's vocabulary is 0..99
+        assert refused.value.param == "stop_token_ids"
+
+    asyncio.run(main())

@@ -247,6 +247,13 @@ class ServiceCore:
         self._check_capacity(request, spec, len(prompts.ids))
         info = await self.model_info(spec.id)
         limit = info.max_context_length
+        for token in request.stop_token_ids or ():
+            if token >= info.vocab_size:
+                raise bad_request(
+                    f"stop_token_ids names token {token}, outside model '{spec.id}''s vocabulary "
+                    f"(0..{info.vocab_size - 1})",
+                    param="stop_token_ids",
+                )
         for key in request.logit_bias or {}:
             if int(key) >= info.vocab_size:
                 raise bad_request(

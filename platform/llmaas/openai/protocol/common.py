@@ -166,6 +166,12 @@ class SamplingFields(Strict):
     )
     user: str | None = Field(default=None, description=IGNORED)
     ignore_eos: StrictBool = False
+    stop_token_ids: list[Annotated[int, Field(ge=0), INTEGRAL]] | None = Field(
+        default=None,
+        max_length=MAX_STOP_SEQUENCES * 4,
+        description="vLLM's extension: token ids that end the completion (finish_reason stop), kept out of "
+        "its text; held back before min_tokens.",
+    )
     cache: StrictBool | None = Field(
         default=None,
         description="llmaas: answer from (and into) the model's response cache when its catalog entry "
@@ -281,6 +287,7 @@ class SamplingFields(Strict):
             repetition_penalty=1.0 if self.repetition_penalty is None else self.repetition_penalty,
             logit_bias=self.logit_bias_pairs(),
             min_tokens=self.min_tokens or 0,
+            stop_token_ids=tuple(self.stop_token_ids or ()),
             logprobs=self.engine_logprobs(),
             prompt_logprobs=self.engine_prompt_logprobs(),
             structured=structured if structured is not None else self.structured_output(),

@@ -205,12 +205,14 @@ class _LLGuidance(_Adapter):
     def setup(self, tokenizer: Any, vocab: int) -> None:
         import llguidance
         import llguidance.hf
-        import llguidance.torch
+        import torch
 
+        # NOTE: the pointer API, as the engine (llmaas.engine.guided_matcher): llguidance.torch
+        # compiles a torch.compile kernel at import, which would count in setup time and memory
         self.llg = llguidance
-        self.fill = llguidance.torch.fill_next_token_bitmask
         self.tokenizer = llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab)
-        self.bitmask = llguidance.torch.allocate_token_bitmask(1, vocab)
+        self.words = (vocab + 31) // 32
+        self.bitmask = torch.full((1, self.words), -1, dtype=torch.int32)
 
     def compile(self, case: Case) -> Any:
         matcher_cls = self.llg.LLMatcher
@@ -236,7 +238,7 @@ class _LLGuidance(_Adapter):
         return compiled.deep_copy()
 
     def mask(self, state: Any) -> None:
-        self.fill(state, self.bitmask)
+        state.unsafe_compute_mask_ptr(self.bitmask.data_ptr(), self.words * 4)
 
     def advance(self, state: Any, token: int) -> bool:
         return bool(state.consume_token(token))

@@ -8,36 +8,42 @@ what cannot be compiled within them is refused with ``InvalidStructuredOutput`` 
 ``spec.param``). Each sequence gets a ``GrammarMatcher`` from the ``CompiledGrammar``; the sampler
 masks all constrained rows of a step at once (``apply_grammar_masks``).
 
-Library: llguidance, chosen by measurement (``python -m llmaas.bench.grammar``, SmolLM2-135M's
-49,152-token tokenizer, 2 shared CPU cores, each case in a fresh process, killed after 20 s of
-compiling)::
+Library: llguidance, chosen by measurement (``python -m llmaas.bench.grammar``: SmolLM2-135M's
+49,152-token tokenizer, 2 CPU cores shared with other work, each case in a fresh process, killed
+after 20 s of compiling; compile includes the first mask, as both lazy libraries build their
+automata while masking)::
 
-    case                      xgrammar 0.2.9        llguidance 1.9.1        outlines-core 0.2.14
-    tokenizer setup           0.3-0.7 s, +14 MB     0.4-2.5 s, +55-100 MB   0.2-0.4 s, +6 MB
-    typical pydantic model    29 ms; mask 2 us      4-6 ms; mask 15-18 us   0.35 s; mask ~1 us
-    any JSON object           31 ms                 1-16 ms                 > 20 s (killed)
-    100 nested objects        0.98 s                refused, 0.4 ms         refused
-    enum of 50,000 strings    > 20 s (killed)       0.11-0.24 s             > 20 s (killed)
-    (a|aa)*b, ^(a+)+$         1-5 ms                2-5 ms                  4 ms; refused ^...$
-    (ab|cd){1000}             1 ms; a mask 1.5 ms   4 ms                    3.6-6.4 s
-    [ab]*a[ab]{20} (2^20 DFA) 1 ms                  2 ms                    > 20 s (killed)
-    new sequence's matcher    7-12 us               2-4 us (a copy)         1-2 us
+    case                      xgrammar 0.2.9         llguidance 1.9.1         outlines-core 0.2.14
+    tokenizer setup           0.24-0.29 s, +14 MB    0.42-0.49 s, +38 MB      0.17-0.20 s, +6 MB
+    typical pydantic model    8-29 ms; mask 2 us     4-7 ms; mask 12-18 us    0.16-0.35 s; mask 1 us
+    any JSON object           16-31 ms               3-16 ms                  14.6 s / killed
+    100 nested objects        0.35-0.98 s            refused in 0.3 ms        refused
+    enum of 50,000 strings    19.6 s, +202 MB, then  0.24-0.26 s, +16 MB;     killed
+                              masks of 7 ms (51 max) masks of 40 us
+    (a|aa)*b, ^(a+)+$         1-5 ms                 2-7 ms                   7 ms; ^...$ refused
+    (ab|cd){1000}             1-5 ms                 2-4 ms                   2.2-6.4 s
+    [ab]*a[ab]{20} (2^20 DFA) 1 ms                   2 ms                     killed
+    a sequence's own matcher  8-18 us                3-5 us (a copy)          1-4 us
 
-(ranges: separate runs on a machine other sessions were loading). Why llguidance:
+(ranges: runs on a quiet and on a loaded machine; "killed": still compiling after 20 s). All
+three release the GIL while compiling (a Python thread kept 76-99% of its pace meanwhile).
+Why llguidance:
 
 - Every hostile case ends in milliseconds, compiled or refused: it bounds its own work
-  (``LLParserLimits``: lexer fuel, grammar size, Earley items per step), so no compile can run
-  on. xgrammar has no such bound and no way to cancel a compile: the 50,000-value enum was
-  still compiling after 20 s, holding a thread; outlines-core builds a whole DFA up front (over
-  20 s for "any JSON object" alone).
-- Its matcher is lazy (the lexer grows as the text needs it), so compiles are milliseconds
-  and a sequence's matcher is a copy sharing the compiled grammar; construction and masks
-  release the GIL.
-- It installs alone (one abi3 wheel, no dependencies); xgrammar pulls in triton (and
-  apache-tvm-ffi) on Linux, outlines-core is small too but loses on the cases above.
-- The price: a mask costs 15-35 us per row instead of xgrammar's 2 us (about 0.3 ms for 16
-  constrained rows, next to a forward pass of tens of ms), and the tokenizer's tables take
-  0.4 s and about 55 MB per model, built on the first structured request (not at start).
+  (``LLParserLimits``: lexer fuel, grammar size, lexer states, Earley items per step), so no
+  compile runs on. xgrammar has no such bound and no way to cancel a compile: the
+  50,000-value enum took 20 s and 200 MB (over 20 s on the loaded machine), then 7 ms per mask;
+  outlines-core builds a whole DFA up front (15 s for "any JSON object" alone).
+- Its matcher is lazy (the lexer grows as the text needs it), so compiles take milliseconds
+  and a sequence's matcher is a copy that shares the compiled grammar.
+- It installs alone (one abi3 wheel, no dependencies, typed); xgrammar pulls in triton and
+  apache-tvm-ffi on Linux.
+- The price: a mask costs 10-40 us per row instead of xgrammar's 2 us (``apply_grammar_masks``:
+  about 1 ms for 16 constrained rows, next to a decode step of SmolLM2 at batch 32 of 210 ms
+  on one thread; ``python -m llmaas.bench.sampler``: the plain rows of a batch that is a third
+  plain, a third penalised and a third JSON-constrained keep 0.978-0.980 of their all-plain
+  throughput), and the tokenizer's tables take 0.4 s and about 40 MB per model, built on the
+  first structured request (not at start).
 
 Choices made here:
 
@@ -50,8 +56,9 @@ Choices made here:
   probe step: a lexer that explodes only once text starts, like ``(a{1000}){1000}``, fails
   here rather than on the model's thread) on the compiler's thread. A compile that takes
   longer than the bound is refused and cached as such, so a repeat is refused at once.
-- Cancellation: llguidance cannot stop a running compile; its own limits bound one to well
-  under a second (the worst measured, a 200,000-value enum refused at its lexer limit: 0.7 s).
+- Cancellation: llguidance cannot stop a running compile; its own limits (set below its
+  defaults here) bound one to well under a second: the worst measured, the exploding lexer of
+  ``(a{1000}){1000}``, is refused after 0.5 s (1-4 s on a loaded machine).
   A queued compile whose every waiter gave up (timed out, disconnected) is skipped, so a
   burst of hostile schemas cannot queue work that runs after nobody waits for it.
 - Cache: the least recently used of ``GuidedLimits.cache_size`` compiled grammars (and
@@ -233,6 +240,7 @@ class GrammarCompiler:
                         self._hf_tokenizer, eos_token=self._eos or None
                     )
                 except Exception as exc:
+                    logger.warning("model %s: no structured output: %s", self.name, exc)
                     raise GrammarRefused(
                         f"model {self.name!r} cannot constrain its output: its tokenizer is not usable "
                         f"for grammars ({type(exc).__name__}: {one_line(str(exc))})"

@@ -46,7 +46,10 @@ class GuidedLimits(BaseModel):
     max_enum_values: int = Field(default=10_000, ge=1, description="Enum values, over the whole schema.")
     max_properties: int = Field(default=5_000, ge=1, description="Object properties, over the whole schema.")
     max_choices: int = Field(default=10_000, ge=1, description="Choices of kind 'choice'.")
-    cache_size: int = Field(default=128, ge=1, description="Compiled grammars kept (least recently used go).")
+    # NOTE: a compiled grammar holds its lexer's states, which grow as sequences use it: 1-2 MB
+    # for a typical schema, 16 MB for a 50,000-value enum, at most about 100 MB (the lexer-state
+    # limit set in llmaas.engine.guided); hence a small cache.
+    cache_size: int = Field(default=32, ge=1, description="Compiled grammars kept (least recently used go).")
 
 
 def describe(spec: StructuredOutput) -> str:

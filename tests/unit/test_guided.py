@@ -295,3 +295,12 @@ def test_limits_are_validated():
         GuidedLimits(compile_timeout_s=0)
     with pytest.raises(ValueError):
         GuidedLimits(max_enum_values=0)
+
+
+def test_a_compiler_that_shut_down_answers_not_ready(tokenizer):
+    from llmaas.engine.errors import EngineNotReady
+
+    compiler = GrammarCompiler(tokenizer, eos_token_ids=[EOS], name="gone")
+    compiler.shutdown()
+    with pytest.raises(EngineNotReady, match="shutting down"):
+        asyncio.run(compiler.compile(spec()))

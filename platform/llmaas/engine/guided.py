@@ -76,7 +76,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -171,7 +171,7 @@ class GrammarCompiler:
             # NOTE: built once per model, on first use (0.4 s on a quiet machine); not part of
             # the compile's time bound
             if self._tokenizer_future is None:
-                self._tokenizer_future = self._executor.submit(self._build_tokenizer)
+                self._tokenizer_future = self._submit(self._build_tokenizer)
             try:
                 await _wait(self._tokenizer_future, None)
             except GrammarRefused as exc:
@@ -199,13 +199,19 @@ class GrammarCompiler:
         entry = self._cache.get(key)
         if entry is None or (entry.future.done() and isinstance(entry.future.exception(), _Abandoned)):
             entry = _Entry(waiters=1)  # NOTE: before the submit: the job may start at once
-            entry.future = self._executor.submit(self._job, entry, key)
+            entry.future = self._submit(self._job, entry, key)
             self._cache[key] = entry
             self._evict()
             return entry
         entry.waiters += 1
         self._cache.move_to_end(key)
         return entry
+
+    def _submit(self, fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future[Any]:
+        try:
+            return self._executor.submit(fn, *args)
+        except RuntimeError:  # shut down
+            raise EngineNotReady(f"model {self.name!r} is shutting down") from None
 
     def _evict(self) -> None:
         excess = len(self._cache) - self.limits.cache_size

@@ -585,3 +585,13 @@ def test_bad_request_and_internal():
     assert str(err) == "nope"
     assert internal("boom").status == 500
     assert internal("boom").code == "internal_error"
+
+
+def test_a_deeply_nested_schema_is_a_400_not_a_recursion_error():
+    schema: dict[str, Any] = {"type": "string"}
+    for _ in range(500):
+        schema = {"type": "object", "properties": {"a": schema}}
+    fmt = {"type": "json_schema", "json_schema": {"name": "deep", "schema": schema}}
+    err = error_for(ChatCompletionRequest, chat(response_format=fmt))
+    assert err.param == "response_format.json_schema.schema"
+    assert "nested 1001 levels deep; at most 64" in err.message

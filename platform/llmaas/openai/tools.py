@@ -131,7 +131,7 @@ def call_constraint(request: ChatCompletionRequest) -> StructuredOutput | None:
     tools = request.tools or []
     if isinstance(choice, NamedToolChoice):
         tool = next(t for t in tools if t.function.name == choice.function.name)
-        schema = tool.function.arguments_schema()
+        schema = _closed(tool.function.arguments_schema())
         return StructuredOutput(kind="json", json_schema=json.dumps(schema), param="tools")
     if choice != "required":
         return None
@@ -140,7 +140,7 @@ def call_constraint(request: ChatCompletionRequest) -> StructuredOutput | None:
             "type": "object",
             "properties": {
                 "name": {"type": "string", "enum": [t.function.name]},
-                "arguments": t.function.arguments_schema(),
+                "arguments": _closed(t.function.arguments_schema()),
             },
             "required": ["name", "arguments"],
             "additionalProperties": False,
@@ -151,6 +151,18 @@ def call_constraint(request: ChatCompletionRequest) -> StructuredOutput | None:
     if request.parallel_tool_calls is False:
         array["maxItems"] = 1
     return StructuredOutput(kind="json", json_schema=json.dumps(array), param="tools")
+
+
+def _closed(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` with ``additionalProperties: false`` where it says nothing of other keys.
+
+    NOTE: arguments hold the keys a tool declares; a schema that leaves other keys open lets a
+    small model add made-up keys until ``max_tokens`` cuts the call (seen with SmolLM2-135M).
+    A schema that allows other keys explicitly keeps them.
+    """
+    if schema.get("type") == "object" and "properties" in schema and "additionalProperties" not in schema:
+        return {**schema, "additionalProperties": False}
+    return schema
 
 
 def parse_constrained(request: ChatCompletionRequest, text: str) -> list[ToolCall] | None:

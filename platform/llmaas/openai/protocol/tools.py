@@ -24,6 +24,8 @@ _NAME = re.compile(NAME_PATTERN)
 MAX_TOOLS = 128
 #: Bytes of one JSON schema (a response format's or a tool's parameters), as JSON text.
 MAX_SCHEMA_BYTES = 64 * 1024
+#: Nesting of one JSON schema (objects and arrays within each other), as the engine allows it.
+MAX_SCHEMA_DEPTH = 64
 MAX_CHOICES = 1024
 
 
@@ -34,6 +36,10 @@ def schema_problem(schema: dict[str, Any]) -> str | None:
     """
     from jsonschema import exceptions, validators
 
+    depth = _depth(schema)
+    if depth > MAX_SCHEMA_DEPTH:
+        # NOTE: checked first, without recursion: the metaschema check recurses per level
+        return f"the schema is nested {depth} levels deep; at most {MAX_SCHEMA_DEPTH} are allowed"
     text = json.dumps(schema)
     if len(text.encode()) > MAX_SCHEMA_BYTES:
         return f"the schema is {len(text.encode())} bytes of JSON; at most {MAX_SCHEMA_BYTES} are allowed"
@@ -43,6 +49,23 @@ def schema_problem(schema: dict[str, Any]) -> str | None:
         where = "/".join(str(p) for p in exc.path)
         return f"it is not a valid JSON schema: {exc.message}" + (f" (at {where})" if where else "")
     return None
+
+
+def _depth(value: Any) -> int:
+    """How deeply objects and arrays nest in ``value`` (iteratively: a hostile value cannot
+    exhaust the stack)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, level)
+        stack.extend((child, level + 1) for child in children)
+    return deepest
 
 
 # ---- tools in requests ---------------------------------------------------------------------------

@@ -83,8 +83,7 @@ def _chat_spec(folder: Path, base: Path, job_id: str, **fields: Any) -> Training
         kind="causal_lm",
         training_file=_fact_file(folder),
         storage_path=str(folder / "storage"),
-        cpus_per_worker=1,
-        **fields,
+        **{"cpus_per_worker": 1, **fields},
     )
 
 
@@ -100,10 +99,12 @@ def _answer(model: Any, tokenizer: Any, question: str) -> str:
     return str(tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True))
 
 
-def _worker_pid() -> int:
+def _worker_pid(address: str) -> int:
     from ray.util.state import list_actors
 
-    alive = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    alive = list_actors(
+        address=address, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]
+    )
     assert len(alive) == 1, alive
     pid = alive[0].pid
     assert pid is not None
@@ -155,7 +156,7 @@ def test_lora_learns_a_fact_through_a_worker_sigkill(ray_cluster, chat_model_pat
     events: list[TrainingEvent] = []
     first = _follow(run, events, lambda e: e.checkpoint is not None)
     assert first.checkpoint is not None
-    os.kill(_worker_pid(), signal.SIGKILL)
+    os.kill(_worker_pid(ray_cluster["dashboard"]), signal.SIGKILL)
     _drain(run, events)
     result = run.result()
 
@@ -192,7 +193,7 @@ def test_worker_sigkill_without_retries_fails_with_the_reason(ray_cluster, chat_
     run = start_training(spec)
     events: list[TrainingEvent] = []
     _follow(run, events, lambda e: e.checkpoint is not None)
-    os.kill(_worker_pid(), signal.SIGKILL)
+    os.kill(_worker_pid(ray_cluster["dashboard"]), signal.SIGKILL)
     _drain(run, events)
     with pytest.raises(TrainingFailed) as info:
         run.result()
@@ -271,3 +272,24 @@ def test_classifier_reaches_held_out_accuracy(ray_cluster, minilm_path, tmp_path
     with torch.no_grad():
         same = again(**tokenizer([x["text"] for x in held_out], return_tensors="pt", padding=True)).logits
     assert torch.allclose(same, logits, atol=1e-4)
+
+
+def test_cancel_while_waiting_for_resources(ray_cluster, chat_model_path, tmp_path):
+    from ray.util.state import list_placement_groups
+
+    # more CPUs than the cluster has: the run waits for resources until it is cancelled
+    spec = _chat_spec(tmp_path, chat_model_path, "ft-waits", cpus_per_worker=1000)
+    run = start_training(spec)
+    events: list[TrainingEvent] = []
+    _follow(run, events, lambda e: e.message.startswith("Waiting for resources"), timeout=60)
+
+    def waiting() -> list[Any]:
+        groups = list_placement_groups(address=ray_cluster["dashboard"], detail=True)
+        return [g for g in groups if g.state != "REMOVED" and "1000" in str(g.bundles)]
+
+    assert len(waiting()) == 1
+    run.cancel(force_after_s=30)
+    assert run.wait(10)
+    with pytest.raises(TrainingCancelled, match="while it waited for resources"):
+        run.result()
+    assert not waiting()  # nothing left reserved, or waiting to be

@@ -16,9 +16,13 @@ from typing import Any
 import ray
 from ray.train import Checkpoint, UserCallback
 
+# NOTE: RunConfig(callbacks=...) takes Ray Train's internal callbacks too ("custom workarounds built
+# on top of internal callbacks", its source says); this one is how a cancel reaches the controller.
+from ray.train.v2._internal.execution.callback import ControllerCallback
+
 from llmaas.finetune.spec import CheckpointInfo, TrainingEvent
 
-__all__ = ["ControllerEvents", "EventLog", "checkpoint_metrics"]
+__all__ = ["ControllerEvents", "ControllerHandle", "EventLog", "checkpoint_metrics", "remote_event_log"]
 
 #: The folder inside a Ray checkpoint that holds the Trainer's own (RayTrainReportCallback's layout).
 HF_CHECKPOINT = "checkpoint"
@@ -53,6 +57,7 @@ class EventLog:
         self._cancelled = False
         self._failures = 0
         self._checkpoint: CheckpointInfo | None = None
+        self._controller: Any = None
 
     def put(self, event: TrainingEvent) -> None:
         self._events.append(event)
@@ -77,6 +82,13 @@ class EventLog:
 
     def failures(self) -> int:
         return self._failures
+
+    def set_controller(self, controller: Any) -> None:
+        self._controller = controller
+
+    def controller(self) -> Any:
+        """The run's Ray Train controller (an actor handle), once it has started."""
+        return self._controller
 
 
 class ControllerEvents(UserCallback):
@@ -118,6 +130,19 @@ class ControllerEvents(UserCallback):
             self.log.failed.remote(
                 TrainingEvent(level="warn", message=f"Training worker {rank} failed: {reason}; {then}")
             )
+
+
+class ControllerHandle(ControllerCallback):
+    """Runs in Ray Train's controller as it starts: gives the event log the controller's handle, so
+    that a cancel can abort the run the way Ray Train's own Ctrl-C does (``TrainController.abort``:
+    workers stopped, placement group released) even before any worker runs, e.g. while the run
+    waits for resources."""
+
+    def __init__(self, log: Any) -> None:
+        self.log = log
+
+    def after_controller_start(self, train_run_context: Any) -> None:
+        self.log.set_controller.remote(ray.get_runtime_context().current_actor)
 
 
 def remote_event_log() -> Any:

@@ -8,17 +8,21 @@
 
 or, blocking, ``run_training(spec, on_event)``. Either works from a Ray actor (the job manager's).
 
-- Where ``fit()`` runs: in a Ray task (``num_cpus=0``) that the caller owns. Ray Train's
-  controller and workers are owned by that task, so ending it (a forced cancel) ends them too,
-  and Ray Train's placement-group cleaner releases their resources.
+- Where ``fit()`` runs: in a Ray task (``num_cpus=0``) that the caller owns. It first waits until
+  the cluster can hold the workers (a "Waiting for resources" event; see ``_wait_for_resources``),
+  then runs ``TorchTrainer.fit()``. Ray Train's controller and workers are owned by that task,
+  so ending it (the last resort of a cancel) ends them too.
 - Failures: ``FailureConfig(max_failures)``; a restarted worker group resumes from the last
   checkpoint Ray Train persisted (the Trainer's ``resume_from_checkpoint``). Rerunning a job id
   whose run is in ``storage_path`` resumes it too (Ray Train restores a run by its name).
   A run that ends without its final artifact raises ``TrainingFailed`` saying why: there is no
   half-trained result.
-- Cancel: a flag in the run's event log that workers check after every step (Hugging Face's
-  ``control.should_training_stop``); if the run has not ended ``force_after_s`` later (a worker
-  stuck loading a model), the task running ``fit()`` is cancelled with ``force=True``.
+- Cancel: a flag in the run's event log, checked while the run waits for resources and by the
+  workers after every step (Hugging Face's ``control.should_training_stop``); if the run has not
+  ended ``force_after_s`` later (a worker stuck in a step or loading a model), Ray Train's
+  controller is told to abort (as Ctrl-C on a driver does: workers stopped, placement group
+  released); if even that has not ended it ``KILL_AFTER_ABORT_S`` later, the task running
+  ``fit()`` is ended with ``force=True``.
 """
 
 from __future__ import annotations
@@ -58,6 +62,11 @@ __all__ = [
 ]
 
 
+#: After a cancel's abort, how long the run may take to end before its ``fit()`` task is ended:
+#: more than Ray Train's wait for a placement group (RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S, 60 s).
+KILL_AFTER_ABORT_S = 90.0
+
+
 def check_files(spec: TrainingSpec) -> None:
     """Refuse files that cannot train this spec (wrong kind, a bad line, unknown validation labels),
     before any resource is taken. Raises ``TrainingFailed`` naming the file and the fault."""
@@ -89,13 +98,40 @@ def _reason(error: BaseException) -> str:
     return " ".join(lines[:3])[:600] if lines else type(error).__name__
 
 
+def _wait_for_resources(spec: TrainingSpec, log: Any) -> None:
+    """Wait, cancellably, until the cluster can hold the run's workers.
+
+    NOTE: Ray Train's controller waits for its placement group without yielding to its event loop,
+    so neither the cancel flag (no worker runs yet) nor its own ``abort`` reaches a run that waits
+    for resources, and ending it then leaves its pending placement group to the owning job. So the
+    run waits here first, on a placement group of the same shape that this loop removes in every
+    case, and starts Ray Train once one fits."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    bundle = {"CPU": spec.cpus_per_worker, **({"GPU": 1.0} if spec.use_gpu else {})}
+    group = placement_group([bundle] * spec.num_workers, strategy="PACK")  # Ray Train's default strategy
+    try:
+        waiting = False
+        while not group.wait(timeout_seconds=1):
+            if not waiting:
+                waiting = True
+                log.put.remote(
+                    TrainingEvent(message=f"Waiting for resources: {spec.num_workers} worker(s) of {bundle}")
+                )
+            if ray.get(log.cancelled.remote()):
+                raise TrainingCancelled(f"job {spec.job_id} was cancelled while it waited for resources")
+    finally:
+        remove_placement_group(group)
+
+
 def _fit(spec: TrainingSpec, log: Any) -> TrainingResult:
     """Ray Train's run, in a Ray task: ``TorchTrainer.fit()`` and its result as a ``TrainingResult``."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from llmaas.finetune.events import HF_CHECKPOINT, ControllerEvents, checkpoint_metrics
+    from llmaas.finetune.events import HF_CHECKPOINT, ControllerEvents, ControllerHandle, checkpoint_metrics
     from llmaas.finetune.worker import train_loop_per_worker
 
     trainer = TorchTrainer(
@@ -111,7 +147,7 @@ def _fit(spec: TrainingSpec, log: Any) -> TrainingResult:
             storage_path=spec.storage_path,
             checkpoint_config=CheckpointConfig(num_to_keep=spec.checkpoints_to_keep),
             failure_config=FailureConfig(max_failures=spec.max_failures),
-            callbacks=[ControllerEvents(log, spec.max_failures)],  # type: ignore[list-item]
+            callbacks=[ControllerEvents(log, spec.max_failures), ControllerHandle(log)],  # type: ignore[list-item]
         ),
     )
 
@@ -121,7 +157,10 @@ def _fit(spec: TrainingSpec, log: Any) -> TrainingResult:
         return error
 
     try:
+        _wait_for_resources(spec, log)
         result = trainer.fit()
+    except TrainingCancelled as exc:
+        raise fail(exc) from None
     except Exception as exc:
         if ray.get(log.cancelled.remote()):
             raise fail(TrainingCancelled(f"job {spec.job_id} was cancelled")) from None
@@ -208,20 +247,41 @@ class TrainingRun:
         return bool(ready)
 
     def cancel(self, force_after_s: float = 60.0) -> None:
-        """Stop the run after its current step; force it (end the task running ``fit()``) if it has
-        not stopped ``force_after_s`` seconds later. ``result()`` then raises ``TrainingCancelled``."""
+        """Stop the run after its current step. If it has not ended ``force_after_s`` seconds later
+        (no worker runs yet: it waits for resources, or loads the model), abort it through Ray Train's
+        controller; as a last resort, ``KILL_AFTER_ABORT_S`` later, end the task running ``fit()``.
+        ``result()`` then raises ``TrainingCancelled``."""
         import ray
 
         ray.get(self._log.cancel.remote())
         if self._cancel_timer is None and not self.done():
-            self._cancel_timer = threading.Timer(force_after_s, self._force)
+            self._cancel_timer = threading.Timer(force_after_s, self._abort)
             self._cancel_timer.daemon = True
             self._cancel_timer.start()
 
-    def _force(self) -> None:
+    def _abort(self) -> None:
+        import ray
+
+        if self.done():
+            return
+        try:
+            controller = ray.get(self._log.controller.remote(), timeout=30)
+            if controller is not None:
+                # NOTE: not waited on: the controller may be blocked waiting for a placement group
+                # (up to RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S); it aborts, releasing it, after that.
+                controller.abort.remote()
+        except Exception:
+            pass
+        self._cancel_timer = threading.Timer(KILL_AFTER_ABORT_S, self._kill)
+        self._cancel_timer.daemon = True
+        self._cancel_timer.start()
+
+    def _kill(self) -> None:
         import ray
 
         if not self.done():
+            # NOTE: Ray Train's controller and workers are owned by this task and end with it; a
+            # placement group that was still pending is only freed when the owning job ends.
             ray.cancel(self._ref, force=True)
 
     def result(self, timeout: float | None = None) -> TrainingResult:

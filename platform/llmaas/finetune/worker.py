@@ -146,6 +146,23 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
 
 
+def _cancelled(log: _Log, world_size: int) -> bool:
+    """Rank 0 asks the event log; every worker gets its answer.
+
+    NOTE: workers must agree (stop at the same step, or none starts), or the others wait in a
+    collective for one that has left."""
+    stop = log.cancelled() if log.rank == 0 else False
+    if world_size > 1:
+        import torch
+        import torch.distributed as dist
+
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+        flag = torch.tensor([1 if stop else 0], device=device)
+        dist.broadcast(flag, src=0)
+        stop = bool(flag.item())
+    return stop
+
+
 def _callbacks(log: _Log, world_size: int) -> list[Any]:
     """[events, Ray's report callback]; ``events.cancelled`` says whether training stopped for a cancel
     (the same answer on every worker)."""
@@ -190,15 +207,7 @@ def _callbacks(log: _Log, world_size: int) -> list[Any]:
             )
 
         def on_step_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
-            stop = log.cancelled() if log.rank == 0 else False
-            if world_size > 1:  # NOTE: every worker must stop at the same step, or DDP hangs
-                import torch
-                import torch.distributed as dist
-
-                flag = torch.tensor([1 if stop else 0])
-                dist.broadcast(flag, src=0)
-                stop = bool(flag.item())
-            if stop:
+            if _cancelled(log, world_size):
                 self.cancelled = True
                 control.should_training_stop = True
                 control.should_save = False
@@ -224,7 +233,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     log = _Log(config.get("sink"), rank)
-    if log.cancelled():
+    if _cancelled(log, world_size):
         return
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:

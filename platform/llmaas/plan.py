@@ -207,7 +207,7 @@ class DeploymentPlan(BaseModel):
 
     def override(self) -> dict[str, Any]:
         """This deployment's entry in a declarative Serve config (what a deploy may change live)."""
-        if self.kind in ("router", "tokenizer"):
+        if self.kind in ("router", "tokenizer", "fine-tuning"):
             return {"name": self.name, "user_config": self.user_config}
         if self.kind in ("model", "pool"):
             return {"name": self.name, **self.scaling_options()}

@@ -291,3 +291,17 @@ def test_layer_rules_flag_the_cli_and_the_serve_layer():
     assert len(problems) == 2
     assert "llmaas.gateway.admin_cli -> llmaas.cli" in problems[0]
     assert "llmaas.deploy -> llmaas.deployments.builder" in problems[1]
+
+
+def test_every_package_is_in_the_distribution():
+    """A non-editable install (a Docker image, KubeRay) gets only the packages pyproject lists."""
+    import tomllib
+
+    root = Path(__file__).resolve().parents[2]
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {
+        ".".join(("llmaas", *init.parent.relative_to(root / "platform" / "llmaas").parts))
+        for init in (root / "platform" / "llmaas").rglob("__init__.py")
+    }
+    found.add("llmaas.deployments")
+    assert found <= listed, f"add to [tool.setuptools] packages: {sorted(found - listed)}"

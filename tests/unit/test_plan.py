@@ -147,3 +147,16 @@ def test_both_shapes_give_a_deployment_the_same_options():
         if name in ("router", "tokenizer"):  # the catalog and where each model runs differ
             options.pop("user_config"), split[name].pop("user_config")
         assert split[name] == options, name
+
+
+def test_fine_tuning_is_a_front_deployment_that_takes_the_catalog_live():
+    catalog = _catalog(A, fine_tuning={"storage_path": "/tmp/ft"})
+    plan = plan_catalog(catalog)
+    names = [d.name for d in plan.front.deployments]
+    assert names == ["router", "tokenizer", "catalog-admin", "fine-tuning"]
+    tuning = plan.deployment("fine-tuning")
+    assert tuning.actor_options == {"num_cpus": 0} and tuning.replicas.max == 1
+    # NOTE: it reads the deployed catalog like the router, so a deploy hands it the new one live
+    assert tuning.override() == {"name": "fine-tuning", "user_config": plan.deployment("router").user_config}
+    assert "fine-tuning" not in [d.name for d in plan_catalog(catalog, shape="single").deployments]
+    assert "fine-tuning" not in [d.name for d in plan_catalog(_catalog(A)).front.deployments]

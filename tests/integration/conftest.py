@@ -24,6 +24,7 @@ models:
     max_context_length: 128
     batching: {{max_batch_size: 8, batch_wait_ms: 5}}
     sampling: {{temperature: 0.0, max_tokens: 16}}
+    response_cache: {{enabled: true}}
     resources: {{num_cpus: 0.5, torch_threads: 1}}
   - id: tiny-llama-tp2
     source: {{demo: tiny-llama-chat}}

@@ -47,13 +47,26 @@ async def read_body(chunks: AsyncIterable[bytes], limit: int = MAX_BODY_BYTES) -
     return b"".join(kept)
 
 
+def _float(literal: str) -> float:
+    """A JSON number as a float; one too small to be a float is refused, not read as 0.
+
+    NOTE: ``-1e-400`` would be ``-0.0``: an integer 0 to a field that takes integers, a value its
+    JSON Schema refuses (below a minimum of 0). Too large a number becomes inf, which every bound
+    refuses already.
+    """
+    value = float(literal)
+    if value == 0.0 and re.search(r"[1-9]", re.split(r"[eE]", literal)[0]):
+        raise ValueError(f"the number {literal[:40]} is too small to be represented (it is not 0)")
+    return value
+
+
 def parse_json(body: bytes) -> Any:
     """``body`` as JSON, refusing what no strict JSON parser accepts with a 400."""
     if not body.strip():
         raise bad_request("the request body is empty: send a JSON object", code="invalid_json")
     try:
         text = body.decode("utf-8")  # strict: no UTF-16, no encoded surrogates
-        data = json.loads(text, parse_constant=_not_json)
+        data = json.loads(text, parse_constant=_not_json, parse_float=_float)
         if _SURROGATE_ESCAPE.search(text):
             json.dumps(data, ensure_ascii=False).encode("utf-8")  # raises on a lone surrogate
     except RecursionError as exc:

@@ -21,3 +21,11 @@ def field_error(field: str, message: str) -> ValidationError:
     return ValidationError.from_exception_data(
         "request", [InitErrorDetails(type=error, loc=(field,), input=message)]
     )
+
+
+def missing_error(field: str) -> ValidationError:
+    """A required key left out, located at ``field``, for a model validator (the 400 says
+    "Missing required parameter", as for a field pydantic requires itself)."""
+    return ValidationError.from_exception_data(
+        "request", [InitErrorDetails(type="missing", loc=(field,), input={})]
+    )

@@ -16,7 +16,7 @@ from pydantic import (
 from pydantic.json_schema import JsonDict
 
 from llmaas.engine.types import StructuredOutput
-from llmaas.openai.protocol.base import Open, Strict, field_error
+from llmaas.openai.protocol.base import Open, Strict, field_error, missing_error
 from llmaas.openai.protocol.common import (
     IGNORED,
     INTEGRAL,
@@ -83,12 +83,21 @@ class ChatMessage(Strict):
 
     @model_validator(mode="after")
     def _content_present(self) -> ChatMessage:
+        # NOTE: raised at the field, so that the 400 names messages[i].content (or the other key)
+        if "content" not in self.model_fields_set and self.role != "assistant":
+            raise missing_error("content")
         if self.content is None and self.role != "assistant":
-            raise ValueError(f"a {self.role} message needs content: a string or a list of text parts")
+            raise field_error(
+                "content", f"a {self.role} message needs content: a string or a list of text parts"
+            )
         if self.tool_calls and self.role != "assistant":
-            raise ValueError(f"only an assistant message has tool_calls, not a {self.role} message")
+            raise field_error(
+                "tool_calls", f"only an assistant message has tool_calls, not a {self.role} message"
+            )
         if self.role == "tool" and not self.tool_call_id:
-            raise ValueError("a tool message needs tool_call_id: the id of the call it answers")
+            raise field_error(
+                "tool_call_id", "a tool message needs tool_call_id: the id of the call it answers"
+            )
         return self
 
     @field_validator("function_call")

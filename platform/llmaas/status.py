@@ -124,6 +124,17 @@ def _load(row: DeploymentRow) -> tuple[str, str, str, str]:
     return (str(health.running), str(health.waiting), kv, "ok" if health.healthy else health.detail)
 
 
+def _prefix_cache(health: EngineHealth | None) -> str:
+    """A model's prefix cache: on with its hit rate and fill, or off with why ("" when it has none)."""
+    if health is None or not health.prefix_cache:
+        return ""
+    if health.prefix_cache != "on":
+        return health.prefix_cache
+    rate = health.prefix_cache_hit_rate
+    hits = "no lookups yet" if rate is None else f"{100 * rate:.0f}% of prompt tokens cached"
+    return f"on, {hits}, holds {health.prefix_cache_tokens}/{health.prefix_cache_capacity_tokens} tokens"
+
+
 def _replicas(replicas: Mapping[str, int]) -> str:
     running = replicas.get("RUNNING", 0)
     others = ", ".join(f"{n} {s.lower()}" for s, n in sorted(replicas.items()) if s != "RUNNING" and n)
@@ -144,6 +155,13 @@ def render(status: AppStatus) -> str:
     lines += [
         "  " + "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows
     ]
+    caches = [
+        f"  {row.name}: {_prefix_cache(row.health)}"
+        for row in status.deployments
+        if _prefix_cache(row.health)
+    ]
+    if caches:
+        lines += ["", "prefix cache:", *caches]
     problems = [
         f"  {row.name}: {row.message or row.health_error}"
         for row in status.deployments

@@ -135,6 +135,23 @@ class BatchingConfig(BaseConfig):
     )
 
 
+class PrefixCacheConfig(BaseConfig):
+    """The engine's automatic prefix cache (vLLM's): prompt KV kept and reused by later prompts
+    that start with the same tokens, matched in blocks, evicted least recently used."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Reuse cached prompt prefixes where the model supports it (see `llmaas status`).",
+    )
+    block_size: int = Field(default=16, ge=1, le=1024, description="Tokens per cached block.")
+    max_tokens: int | None = Field(
+        default=None,
+        ge=0,
+        description="Prompt tokens whose KV the cache holds per replica, besides the running batch's"
+        " KV budget (batching.kv_cache_bytes). Unset: a quarter of that budget, at most 512 MiB.",
+    )
+
+
 class ResponseCacheConfig(BaseConfig):
     """The router's exact-response cache for one model (off unless enabled).
 
@@ -322,6 +339,7 @@ class ModelSpec(BaseConfig):
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     sampling: SamplingDefaults = Field(default_factory=SamplingDefaults)
     response_cache: ResponseCacheConfig = Field(default_factory=ResponseCacheConfig)
+    prefix_cache: PrefixCacheConfig = Field(default_factory=PrefixCacheConfig)
     replicas: ReplicaConfig = Field(default_factory=ReplicaConfig)
     resources: WorkerResources = Field(default_factory=WorkerResources)
     kernel_inject: bool = Field(

@@ -35,6 +35,7 @@ from llmaas.engine.errors import EngineNotReady, InvalidStructuredOutput
 from llmaas.engine.guided import GrammarCompiler
 from llmaas.engine.kv_budget import KVBudget
 from llmaas.engine.kv_slab import compaction_order
+from llmaas.engine.prefix_cache import PrefixCache
 from llmaas.engine.runner import ModelRunner, StepInput
 from llmaas.engine.sampling import SequenceSampler, prompt_logprobs, sample_batch
 from llmaas.engine.types import FinishReason, GenerationChunk, GenerationRequest, TokenLogprob
@@ -60,6 +61,8 @@ class Sequence:
     out: asyncio.Queue[GenerationChunk] = field(default_factory=asyncio.Queue)
     generated: list[int] = field(default_factory=list)
     prompt_logprobs: list[TokenLogprob | None] | None = None  # computed at prefill, sent with the first chunk
+    cached_tokens: int = 0  # prompt tokens whose KV came from the prefix cache
+    prefix_keys: list[bytes] | None = None  # the prompt's block keys in the prefix cache
     cancelled: bool = False  # NOTE: set by the event loop, read by the model thread; a bool store is atomic
     done: bool = False
 
@@ -122,6 +125,8 @@ class BatchScheduler:
         pad_token_id: int = 0,
         vocab_size: int = 0,
         grammars: GrammarCompiler | None = None,
+        prefix_cache: PrefixCache | None = None,
+        prefix_cache_state: str = "",
     ) -> None:
         self.spec = spec
         self.runner = runner
@@ -132,6 +137,8 @@ class BatchScheduler:
         self.vocab_size = vocab_size  # sizes prompt-logprobs prefills (0: unknown, one group)
         self.kv_budget = kv_budget
         self.grammars = grammars  # None: structured output is refused (a 400)
+        self.prefix_cache = prefix_cache  # None: every prompt is prefilled whole
+        self.prefix_cache_state = prefix_cache_state  # "on" or "off: <why>"
         self._waiting: queue.Queue[Sequence] = queue.Queue()
         self._running = 0
         self._stop = threading.Event()
@@ -289,7 +296,8 @@ class BatchScheduler:
             if seq.cancelled:
                 seq.done = True
                 continue
-            too_many_tokens = new and max(longest, seq.prompt_len) * (len(new) + 1) > limits.max_batch_tokens
+            uncached = seq.prompt_len - self._cached_estimate(seq)
+            too_many_tokens = new and max(longest, uncached) * (len(new) + 1) > limits.max_batch_tokens
             over_budget = not self.kv_budget.fits(held + len(new) + 1, max(reserve, seq.final_len))
             if too_many_tokens or (over_budget and (running or new)):
                 self._deferred = seq  # first in line for the next step
@@ -298,7 +306,7 @@ class BatchScheduler:
             if idle and not new:  # an idle engine waits for company from its first arrival on
                 deadline = time.monotonic() + limits.batch_wait_ms / 1000.0
             new.append(seq)
-            longest = max(longest, seq.prompt_len)
+            longest = max(longest, uncached)
             reserve = max(reserve, seq.final_len)
         live = []
         for seq in new:
@@ -331,7 +339,14 @@ class BatchScheduler:
         if not self.runner.supports_join and scoring:
             # NOTE: a cache that cannot take joining rows takes one prefill: every row's logits then
             plain, groups = [], [plain + scoring]
-        if plain:
+        if plain and self.prefix_cache is not None:
+            # NOTE: hits and misses are prefilled apart, so hits run only their uncached tokens
+            hits = [s for s in plain if self._cached_estimate(s) > 0]
+            misses = [s for s in plain if self._cached_estimate(s) == 0]
+            for part in (hits, misses):
+                if part:
+                    self._prefill(batch, part, all_logits=False)
+        elif plain:
             self._prefill(batch, plain, all_logits=False)
         for group in groups:
             self._prefill(batch, group, all_logits=True)
@@ -353,8 +368,25 @@ class BatchScheduler:
                 width = seq.prompt_len
         return groups
 
+    def _cached_estimate(self, seq: Sequence) -> int:
+        """Prompt tokens of ``seq`` that the prefix cache holds now (0 where it cannot be used)."""
+        cache = self.prefix_cache
+        if cache is None or seq.request.sampling.prompt_logprobs is not None:
+            return 0
+        if seq.prefix_keys is None:
+            seq.prefix_keys = cache.keys(seq.request.prompt_token_ids, seq.request.cache_salt)
+        return cache.match(seq.prefix_keys, seq.prompt_len) * cache.block_size
+
     def _prefill(self, batch: _Batch, new: list[Sequence], *, all_logits: bool, score: bool = False) -> None:
-        """One prefill step for ``new``: into the running batch, or only scored (``score``)."""
+        """One prefill step for ``new``: into the running batch, or only scored (``score``).
+
+        With the prefix cache, the step runs only the last ``run`` columns of the left-padded
+        prompts, where ``run`` is the longest uncached part of a row; each row takes from the
+        cache the KV of every prompt token before those columns. NOTE: a row whose cached part is
+        longer recomputes a few cached tokens instead of leaving a hole in its mask: they sit where
+        the step computes padding anyway, and the batch's cache stays left-padded and as wide as
+        its longest prompt (what ``KVBudget`` assumes).
+        """
         width = max(s.prompt_len for s in new)
         ids = torch.full((len(new), width), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(new), width), dtype=torch.long)
@@ -364,8 +396,14 @@ class BatchScheduler:
             mask[row, width - len(prompt) :] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         kind: Literal["prefill", "join", "score"] = "score" if score else "join" if batch.rows else "prefill"
-        logits = self.runner.step(StepInput(kind, ids, mask, positions, all_logits=all_logits))
+        cache = None if all_logits or score else self.prefix_cache
+        step = StepInput(kind, ids, mask, positions, all_logits=all_logits)
+        if cache is not None:
+            step = self._with_prefix(cache, new, step, width)
+        logits = self.runner.step(step)
         self.steps += 1
+        if cache is not None and step.keep_kv:
+            self._store_prefixes(cache, new, width)
         if all_logits:
             for row, seq in enumerate(new):
                 top_n = seq.request.sampling.prompt_logprobs or 0
@@ -386,6 +424,55 @@ class BatchScheduler:
         batch.pending.extend(pending)
         batch.alive.extend(alive)
         self.peak_batch = max(self.peak_batch, batch.num_alive)
+
+    def _with_prefix(self, cache: PrefixCache, new: list[Sequence], step: StepInput, width: int) -> StepInput:
+        """``step`` cut to the rows' uncached columns, with the cached KV before them."""
+        hits = [self._cached_estimate(seq) for seq in new]
+        run = max(seq.prompt_len - hit for seq, hit in zip(new, hits, strict=True))
+        cached = width - run
+        parts: list[torch.Tensor | None] = []
+        for seq in new:
+            assert seq.prefix_keys is not None
+            seq.cached_tokens = max(0, seq.prompt_len - run)
+            parts.append(cache.take(seq.prefix_keys, seq.cached_tokens, seq.prompt_len))
+        keep_kv = any(cache.missing(seq.prefix_keys or []) for seq in new)
+        if cached == 0:
+            return StepInput(
+                step.kind, step.input_ids, step.attention_mask, step.position_ids, keep_kv=keep_kv
+            )
+        first = next(part for part in parts if part is not None)
+        layers, _, heads, _, dim = first.shape
+        prefix = first.new_zeros((layers, 2, len(new), heads, cached, dim))
+        for row, part in enumerate(parts):
+            if part is not None:
+                prefix[:, :, row, :, cached - part.shape[3] :] = part
+        return StepInput(
+            step.kind,
+            step.input_ids[:, cached:],
+            step.attention_mask,
+            step.position_ids[:, cached:],
+            prefix_kv=prefix,
+            keep_kv=keep_kv,
+        )
+
+    def _store_prefixes(self, cache: PrefixCache, new: list[Sequence], width: int) -> None:
+        """Copy the full prompt blocks that the cache lacks out of the last prefill, into it."""
+        spans: list[tuple[int, int, int]] = []
+        stores: list[tuple[list[bytes], int]] = []
+        seen: set[bytes] = set()
+        for row, seq in enumerate(new):
+            keys = seq.prefix_keys or []
+            missing = [i for i in cache.missing(keys) if keys[i] not in seen]
+            if not missing:
+                continue
+            seen.update(keys[i] for i in missing)
+            first = missing[0]
+            pad = width - seq.prompt_len
+            end = min(len(keys), cache.capacity_blocks)
+            spans.append((row, pad + first * cache.block_size, pad + end * cache.block_size))
+            stores.append((keys, first))
+        for (keys, first), kv in zip(stores, self.runner.take_kv(spans), strict=True):
+            cache.put(keys, first, kv)
 
     def _decode(self, batch: _Batch) -> None:
         """One decode step for every live row; finished and cancelled rows leave first."""
@@ -498,6 +585,7 @@ class BatchScheduler:
         return GenerationChunk(
             request_id=seq.request.request_id,
             num_prompt_tokens=seq.prompt_len,
+            num_cached_tokens=seq.cached_tokens,
             num_generated_tokens=len(seq.generated),
             **fields,
         )

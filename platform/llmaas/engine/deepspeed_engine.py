@@ -15,11 +15,17 @@ from llmaas.engine.errors import EngineNotReady
 from llmaas.engine.guided import GrammarCompiler
 from llmaas.engine.kv_budget import KVBudget
 from llmaas.engine.model_config import model_context_length
+from llmaas.engine.prefix_cache import ON, PrefixCache
 from llmaas.engine.protocol import Engine
 from llmaas.engine.runner import ModelRunner, PeerGroup
 from llmaas.engine.types import EngineHealth, GenerationChunk, GenerationRequest, ModelInfo
 
 logger = logging.getLogger(__name__)
+
+#: The prefix cache's default ceiling (``prefix_cache.max_tokens`` unset): without a
+#: ``kv_cache_bytes``, the KV budget is a nominal ``max_batch_size`` full contexts, a quarter of
+#: which could be gigabytes the replica never reserved.
+DEFAULT_PREFIX_CACHE_BYTES = 512 * 2**20
 
 
 def read_architecture(model_path: Path) -> str:
@@ -81,6 +87,18 @@ class DeepSpeedEngine(Engine):
                 eos.add(value)
             elif isinstance(value, list | tuple):
                 eos.update(int(v) for v in value)
+        prefix_state = self.runner.prefix_cache_state()
+        prefix_cache = None
+        if prefix_state == ON:
+            settings = self.spec.prefix_cache
+            held = settings.max_tokens
+            if held is None:
+                held = min(budget.capacity_tokens // 4, DEFAULT_PREFIX_CACHE_BYTES // budget.bytes_per_token)
+            prefix_cache = PrefixCache(settings.block_size, held)
+            if prefix_cache.capacity_blocks == 0:
+                prefix_state, prefix_cache = "off: prefix_cache.max_tokens holds no block", None
+        if prefix_state != ON:
+            logger.info("model %s: prefix cache %s", self.spec.id, prefix_state)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos, default=0)
         self.scheduler = BatchScheduler(
             self.spec,
@@ -93,6 +111,8 @@ class DeepSpeedEngine(Engine):
             kv_budget=budget,
             # NOTE: cheap until the first structured request builds the tokenizer's grammar tables
             grammars=GrammarCompiler(tokenizer, eos_token_ids=eos, name=self.spec.id),
+            prefix_cache=prefix_cache,
+            prefix_cache_state=prefix_state,
         )
         self._info = ModelInfo(
             model_id=self.spec.id,
@@ -131,7 +151,22 @@ class DeepSpeedEngine(Engine):
             kv_used_tokens=scheduler.kv_used_tokens,
             kv_peak_tokens=scheduler.kv_peak_tokens,
             kv_deferred=scheduler.kv_deferred,
+            **self._prefix_cache_health(scheduler),
         )
+
+    @staticmethod
+    def _prefix_cache_health(scheduler: BatchScheduler) -> dict[str, Any]:
+        cache = scheduler.prefix_cache
+        if cache is None:
+            return {"prefix_cache": scheduler.prefix_cache_state}
+        # NOTE: read from the event loop while the model thread updates them: plain int reads
+        return {
+            "prefix_cache": scheduler.prefix_cache_state,
+            "prefix_cache_queries": cache.queries,
+            "prefix_cache_hits": cache.hits,
+            "prefix_cache_tokens": cache.num_tokens,
+            "prefix_cache_capacity_tokens": cache.capacity_tokens,
+        }
 
     async def shutdown(self) -> None:
         if self.scheduler is not None:

@@ -42,6 +42,10 @@ class StepInput:
     keep_rows: tuple[int, ...] | None = None  # decode: rows of the cache to keep first, in this order
     trim_left: int = 0  # decode: cache columns (padding in every kept row) to drop first
     all_logits: bool = False  # logits at every new position (prompt logprobs), not only the last
+    # prefill/join with prefix-cache hits: the cached KV the new tokens follow, left-padded per row,
+    # [layers, 2 (K, V), rows, kv heads, cached tokens, head dim]; attention_mask covers it too
+    prefix_kv: torch.Tensor | None = None
+    keep_kv: bool = False  # prefill/join: hold the new rows' KV for ``take_kv`` (prefix cache)
 
 
 def free_port() -> int:
@@ -92,6 +96,7 @@ class ShardRunner:
         self.model: Any = None
         self.cache: Any = None
         self.device = torch.device("cpu")
+        self.prefilled: Any = None  # the last prefill's KV (new rows only), held for ``take_kv``
 
     def load(self, master_addr: str = "127.0.0.1", master_port: int = 0) -> dict[str, Any]:
         """Form the process group (TP > 1), load the weights, wrap them with DeepSpeed-inference."""
@@ -158,6 +163,10 @@ class ShardRunner:
             target = None
         else:
             target = DynamicCache(config=self.model.config)
+        if step.prefix_kv is not None and target is not None and step.kind in ("prefill", "join"):
+            prefix = step.prefix_kv.to(self.device)
+            for index, layer in enumerate(target.layers):
+                layer.update(prefix[index, 0], prefix[index, 1])
         out = self.model(
             input_ids=step.input_ids.to(self.device),
             attention_mask=step.attention_mask.to(self.device),
@@ -166,6 +175,7 @@ class ShardRunner:
             use_cache=target is not None,
             logits_to_keep=0 if step.all_logits else 1,  # 0: every position
         )
+        self.prefilled = out.past_key_values if step.keep_kv and step.kind in ("prefill", "join") else None
         if step.kind == "join":
             for layer, new in zip(self.cache.layers, out.past_key_values.layers, strict=True):
                 layer.join(new.keys, new.values)
@@ -176,8 +186,25 @@ class ShardRunner:
         logits = out.logits if step.all_logits else out.logits[:, -1, :]
         return logits.float().cpu()
 
+    @torch.inference_mode()
+    def take_kv(self, spans: list[tuple[int, int, int]]) -> list[torch.Tensor]:
+        """Copies of the last prefill's KV: per ``(row, start, end)`` (cache columns), a tensor
+        ``[layers, 2, kv heads, end - start, head dim]``; the prefill's KV is let go."""
+        layers = self.prefilled.layers if self.prefilled is not None else []
+        self.prefilled = None
+        return [
+            torch.stack(
+                [
+                    torch.stack([layer.keys[row, :, start:end], layer.values[row, :, start:end]])
+                    for layer in layers
+                ]
+            )
+            for row, start, end in spans
+        ]
+
     def release(self) -> None:
         self.cache = None
+        self.prefilled = None
 
     @functools.cached_property
     def supports_join(self) -> bool:
@@ -187,6 +214,19 @@ class ShardRunner:
 
         layers = DynamicCache(config=self.model.config).layers
         return all(type(layer).__name__ == "DynamicLayer" for layer in layers)
+
+    def prefix_cache_state(self) -> str:
+        """``"on"``, or ``"off: <why>"``: whether this model's KV can be cut into reusable prefixes."""
+        if not self.spec.prefix_cache.enabled:
+            return "off: disabled in the catalog (prefix_cache.enabled)"
+        if self.world_size > 1:
+            # NOTE: each rank would need its own store kept in lockstep; not built yet
+            return "off: tensor-parallel models (tensor_parallel_size > 1) are not supported yet"
+        if self.spec.kernel_inject:
+            return "off: DeepSpeed kernel injection keeps its own KV cache"
+        if not self.supports_join:
+            return "off: sliding-window or non-standard KV cache"
+        return "on"
 
 
 class PeerGroup(Protocol):
@@ -241,6 +281,13 @@ class ModelRunner:
     @functools.cached_property
     def supports_join(self) -> bool:
         return self.local.supports_join
+
+    def prefix_cache_state(self) -> str:
+        return self.local.prefix_cache_state()
+
+    def take_kv(self, spans: list[tuple[int, int, int]]) -> list[torch.Tensor]:
+        """Rank 0's copies of the last prefill's KV (see ``ShardRunner.take_kv``); TP=1 only."""
+        return self.local.take_kv(spans)
 
     def step(self, step: StepInput) -> torch.Tensor:
         """One step on every rank; rank 0's logits (see ``ShardRunner.step``)."""

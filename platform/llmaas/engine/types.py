@@ -126,6 +126,11 @@ class GenerationRequest(BaseModel):
     prompt_token_ids: list[int] = Field(min_length=1)
     sampling: SamplingParams
     stream: bool = Field(default=True, description="False: one chunk at the end (no per-token messages).")
+    cache_salt: str | None = Field(
+        default=None,
+        description="Part of the prefix cache's first block key: prompts share cached KV only with "
+        "requests of the same salt (an adapter id, or a tenant the gateway isolates).",
+    )
 
 
 class TokenLogprob(BaseModel):
@@ -154,6 +159,9 @@ class GenerationChunk(BaseModel):
     )
     num_prompt_tokens: int = 0
     num_generated_tokens: int = 0
+    num_cached_tokens: int = Field(
+        default=0, description="Prompt tokens whose KV came from the prefix cache (not prefilled)."
+    )
     finish_reason: FinishReason | None = None
     error: str | None = None
 
@@ -185,6 +193,18 @@ class EngineHealth(BaseModel):
     kv_used_tokens: int = 0  # slots the running batch holds now (rows x padded width)
     kv_peak_tokens: int = 0  # most slots ever held
     kv_deferred: int = 0  # admissions that waited because the KV cache was full
+    prefix_cache: str = ""  # "on", or "off: <why>" ("" for engines without one)
+    prefix_cache_queries: int = 0  # prompt tokens looked up in the prefix cache (vLLM's queries_total)
+    prefix_cache_hits: int = 0  # of those, tokens found cached (vLLM's hits_total)
+    prefix_cache_tokens: int = 0  # tokens the prefix cache holds now
+    prefix_cache_capacity_tokens: int = 0  # most tokens it may hold
+
+    @property
+    def prefix_cache_hit_rate(self) -> float | None:
+        """Cached prompt tokens over prompt tokens looked up; None before any lookup."""
+        if self.prefix_cache_queries <= 0:
+            return None
+        return self.prefix_cache_hits / self.prefix_cache_queries
 
     @property
     def kv_usage(self) -> float | None:

@@ -75,7 +75,9 @@ class CreateFineTuningJob(Strict):
     suffix: str | None = Field(default=None, min_length=1, max_length=64, pattern=NAME_PATTERN)
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
     metadata: dict[str, str] | None = Field(default=None, max_length=16)
-    integrations: list[dict[str, Any]] | None = Field(default=None, max_length=0, description="Not supported.")
+    integrations: list[dict[str, Any]] | None = Field(
+        default=None, max_length=0, description="Not supported."
+    )
     # llmaas's options (the openai client sends them through extra_body)
     task: Literal["causal_lm", "classification"] | None = Field(
         default=None, description="llmaas: what to train; default: from the training file's kind."

@@ -39,7 +39,9 @@ def test_only_deterministic_single_choice_opted_in_requests_have_keys():
     assert cache.key(completion(cache=None), model, None) is None  # opt-in by default
     assert cache.key(completion(cache=None), spec(default=True), None) is not None
     assert (
-        cache.key(completion(), ModelSpec.model_validate({"id": "gen", "source": {"demo": "tiny-gpt2"}}), None)
+        cache.key(
+            completion(), ModelSpec.model_validate({"id": "gen", "source": {"demo": "tiny-gpt2"}}), None
+        )
         is None
     )
 

@@ -74,7 +74,12 @@ def test_texts_are_classified_in_vllm_shape():
         {"index": 0, "label": "yes", "probs": [0.1, 0.9], "num_classes": 2},
         {"index": 1, "label": "no", "probs": [0.8, 0.2], "num_classes": 2},
     ]
-    assert body["usage"] == {"prompt_tokens": 5, "completion_tokens": 0, "total_tokens": 5}
+    assert body["usage"] == {
+        "prompt_tokens": 5,
+        "completion_tokens": 0,
+        "total_tokens": 5,
+        "prompt_tokens_details": None,  # as vLLM's UsageInfo: nothing is cached for a classifier
+    }
 
 
 def test_one_text_and_token_ids_are_inputs_too():

@@ -187,7 +187,12 @@ def test_http_bodies_with_the_new_fields_get_openais_shapes():
         assert [c["index"] for c in data["choices"]] == [0, 1, 2, 3]
         assert [c["text"] for c in data["choices"]] == ["<7><8><60>"] * 2 + ["<9><60>"] * 2
         assert data["choices"][2]["logprobs"]["token_logprobs"] == [None, -0.25]
-        assert data["usage"] == {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
+        assert data["usage"] == {
+            "prompt_tokens": 3,
+            "completion_tokens": 4,
+            "total_tokens": 7,
+            "prompt_tokens_details": {"cached_tokens": 0},  # OpenAI's field; the fake engine caches nothing
+        }
         chat = await front.create_chat_completion(
             Caller(),
             _body(

@@ -316,3 +316,25 @@ def test_stop_token_ids_reach_the_engine_and_are_checked_against_the_vocabulary(
         assert refused.value.param == "stop_token_ids"
 
     asyncio.run(main())
+
+
+def test_prompt_tokens_the_prefix_cache_held_are_reported_once_per_prompt():
+    class Cached(ScriptedModel):
+        async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+            async for chunk in super().generate(request):
+                yield chunk.model_copy(update={"num_cached_tokens": 3})
+
+    svc, _, _, _ = service(Cached("ok"))
+
+    async def main() -> None:
+        response = await svc.chat(chat(n=2))
+        assert response.usage is not None and response.usage.prompt_tokens_details is not None
+        assert response.usage.prompt_tokens_details.cached_tokens == 3  # one prompt, two choices
+        chunks = [
+            c async for c in await svc.chat_stream(chat(stream=True, stream_options={"include_usage": True}))
+        ]
+        usage = chunks[-1].usage
+        assert usage is not None and usage.prompt_tokens_details is not None
+        assert usage.prompt_tokens_details.cached_tokens == 3
+
+    asyncio.run(main())

@@ -51,10 +51,17 @@ class Prepared:
     logprobs: int | None = None
     prompt_logprobs: int | None = None
     drop_generated: bool = False
+    #: per engine request: its prompt tokens the prefix cache held (filled in as chunks arrive)
+    cached: list[int] = field(default_factory=list)
 
     @property
     def prompt_tokens(self) -> int:
         return sum(len(ids) for ids in self.prompts)
+
+    @property
+    def cached_tokens(self) -> int:
+        """Cached prompt tokens, each prompt counted once (as its prompt tokens are): its first choice's."""
+        return sum(self.cached[p * self.n] for p in range(len(self.prompts)) if p * self.n < len(self.cached))
 
     def prompt_of(self, index: int) -> int:
         return index // self.n

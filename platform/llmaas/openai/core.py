@@ -41,6 +41,7 @@ from llmaas.openai.protocol import (
     CompletionRequest,
     ModelCard,
     ModelList,
+    PromptTokensDetails,
     Usage,
 )
 
@@ -318,6 +319,7 @@ class ServiceCore:
             logprobs=request.engine_logprobs(),
             prompt_logprobs=request.engine_prompt_logprobs(),
             drop_generated=drop,
+            cached=[0] * len(requests),
         )
 
     def _zero_max_tokens(
@@ -358,6 +360,8 @@ class ServiceCore:
                     raise internal(f"generation failed: {item.error}")
                 if not prepared.drop_generated:
                     generated[index] = item.num_generated_tokens
+                if item.num_cached_tokens:
+                    prepared.cached[index] = max(prepared.cached[index], item.num_cached_tokens)
                 if trace.first_token_at is None and (item.text or item.token_ids):
                     trace.first_token()
                 if item.finish_reason is not None:
@@ -379,7 +383,10 @@ class ServiceCore:
     def _usage(self, prepared: Prepared, completion_tokens: int) -> Usage:
         prompt = prepared.prompt_tokens
         return Usage(
-            prompt_tokens=prompt, completion_tokens=completion_tokens, total_tokens=prompt + completion_tokens
+            prompt_tokens=prompt,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt + completion_tokens,
+            prompt_tokens_details=PromptTokensDetails(cached_tokens=prepared.cached_tokens),
         )
 
     async def _with_timeout(self, awaitable: Awaitable[T]) -> T:

@@ -328,7 +328,12 @@ class ChoiceLogprobs(BaseModel):
     refusal: list[TokenLogprobInfo] | None = None
 
 
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = Field(default=0, description="Prompt tokens read from the prefix cache.")
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int = 0
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = None

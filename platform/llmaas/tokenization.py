@@ -77,7 +77,12 @@ class TokenizerPool:
         return list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
 
     def decode(self, model_id: str, ids: list[int], skip_special_tokens: bool = True) -> str:
-        return str(self.get(model_id).decode(ids, skip_special_tokens=skip_special_tokens))
+        try:
+            return str(self.get(model_id).decode(ids, skip_special_tokens=skip_special_tokens))
+        except OverflowError as exc:  # an id past what the tokenizer's integers hold
+            raise TokenizationError(
+                f"token ids must be in model '{model_id}''s vocabulary: {exc}", param="tokens"
+            ) from exc
 
     def token_strings(self, model_id: str, ids: list[int]) -> list[str]:
         """Each token's text on its own, special tokens included: what logprobs and /tokenize show.

@@ -338,3 +338,18 @@ def test_prompt_tokens_the_prefix_cache_held_are_reported_once_per_prompt():
         assert usage.prompt_tokens_details.cached_tokens == 3
 
     asyncio.run(main())
+
+
+def test_echoed_token_ids_outside_the_vocabulary_are_a_400_before_decoding():
+    from llmaas.openai.errors import OpenAIError
+    from llmaas.openai.protocol import CompletionRequest
+
+    svc, _, _, _ = service(ScriptedModel("x"))
+    body = {"model": "gen", "prompt": [[1, 2], [3, 2**70]], "echo": True, "max_tokens": 1}
+
+    async def main() -> None:
+        with pytest.raises(OpenAIError) as refused:
+            await svc.completion(CompletionRequest.model_validate(body))
+        assert refused.value.status == 400 and refused.value.param == "prompt[1]"
+
+    asyncio.run(main())

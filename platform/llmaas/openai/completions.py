@@ -50,6 +50,15 @@ class CompletionRoutes(ServiceCore):
                 raise bad_request(f"{where} encodes to no tokens", param=where)
         echo = None
         if request.echo:
+            if any(isinstance(p, list) for p in given):
+                # NOTE: checked before decoding: the tokenizer cannot take an id past its vocabulary
+                vocab = (await self.model_info(spec.id)).vocab_size
+                for i, tokens in enumerate(ids):
+                    if any(t < 0 or t >= vocab for t in tokens):
+                        where = "prompt" if len(ids) == 1 else f"prompt[{i}]"
+                        raise bad_request(
+                            f"{where} holds token ids outside the vocabulary (0..{vocab - 1})", param=where
+                        )
             # NOTE: a prompt given as token ids echoes as their text, special tokens included
             echo = [
                 p if isinstance(p, str) else await self._call(self.tokenizer.decode(spec.id, p, False))

@@ -78,6 +78,18 @@ class HandleTokenizer:
         result: bool = await _await(lambda: self._handle.supports_tools.remote(model_id))
         return result
 
+    async def parses_responses(self, model_id: str) -> bool:
+        result: bool = await _await(lambda: self._handle.parses_responses.remote(model_id))
+        return result
+
+    async def parse_response(
+        self, model_id: str, prompt_ids: list[int], text: str, tools: list[dict[str, Any]] | None
+    ) -> dict[str, Any]:
+        result: dict[str, Any] = await _await(
+            lambda: self._handle.parse_response.remote(model_id, prompt_ids, text, tools)
+        )
+        return result
+
     async def token_strings(self, model_id: str, ids: list[int]) -> list[str]:
         result: list[str] = await _await(lambda: self._handle.token_strings.remote(model_id, ids))
         return result

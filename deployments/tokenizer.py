@@ -43,6 +43,14 @@ class Tokenizer:
     def supports_tools(self, model_id: str) -> bool:
         return self.pool.supports_tools(model_id)
 
+    def parses_responses(self, model_id: str) -> bool:
+        return self.pool.parses_responses(model_id)
+
+    def parse_response(
+        self, model_id: str, prompt_ids: list[int], text: str, tools: list[dict[str, Any]] | None
+    ) -> dict[str, Any]:
+        return self.pool.parse_response(model_id, prompt_ids, text, tools)
+
     def token_strings(self, model_id: str, ids: list[int]) -> list[str]:
         return self.pool.token_strings(model_id, ids)
 

@@ -50,6 +50,23 @@ class TokenizerPool:
             return "tool_use" in template or any("tools" in str(t) for t in template.values())
         return isinstance(template, str) and "tools" in template
 
+    def parses_responses(self, model_id: str) -> bool:
+        """Whether the tokenizer ships a response template (transformers' ``parse_response``)."""
+        return getattr(self.get(model_id), "response_template", None) is not None
+
+    def parse_response(
+        self, model_id: str, prompt_ids: list[int], text: str, tools: list[dict[str, Any]] | None
+    ) -> dict[str, Any]:
+        """A reply as a message (``content``, ``tool_calls``) by the tokenizer's response template;
+        the reply as content when it does not parse (nothing the model wrote is lost)."""
+        tokenizer = self.get(model_id)
+        prefix = tokenizer.decode(prompt_ids, skip_special_tokens=False)
+        try:
+            parsed = tokenizer.parse_response(text, prefix=prefix, tools=tools)
+        except Exception:  # a reply the template's parser cannot read
+            return {"role": "assistant", "content": text}
+        return dict(parsed) if isinstance(parsed, dict) else {"role": "assistant", "content": text}
+
     def chat_template(
         self,
         model_id: str,
@@ -122,6 +139,12 @@ class RemoteTokenizer(Protocol):
 
     async def supports_tools(self, model_id: str) -> bool: ...
 
+    async def parses_responses(self, model_id: str) -> bool: ...
+
+    async def parse_response(
+        self, model_id: str, prompt_ids: list[int], text: str, tools: list[dict[str, Any]] | None
+    ) -> dict[str, Any]: ...
+
     async def token_strings(self, model_id: str, ids: list[int]) -> list[str]: ...
 
     async def decode(self, model_id: str, ids: list[int], skip_special_tokens: bool) -> str: ...
@@ -174,6 +197,18 @@ class LocalFirstTokenizer:
         if self.pool.has(model_id):
             return self.pool.supports_tools(model_id)
         return await self.remote.supports_tools(model_id)
+
+    async def parses_responses(self, model_id: str) -> bool:
+        if self.pool.has(model_id):
+            return self.pool.parses_responses(model_id)
+        return await self.remote.parses_responses(model_id)
+
+    async def parse_response(
+        self, model_id: str, prompt_ids: list[int], text: str, tools: list[dict[str, Any]] | None
+    ) -> dict[str, Any]:
+        if self._inline(model_id, len(text) + len(prompt_ids)):
+            return self.pool.parse_response(model_id, prompt_ids, text, tools)
+        return await self.remote.parse_response(model_id, prompt_ids, text, tools)
 
     async def token_strings(self, model_id: str, ids: list[int]) -> list[str]:
         if self._inline(model_id, len(ids)):

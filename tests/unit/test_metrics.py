@@ -194,6 +194,14 @@ class FakeTokenizer:
     async def supports_tools(self, model_id: str) -> bool:
         return False
 
+    async def parses_responses(self, model_id: str) -> bool:
+        return False
+
+    async def parse_response(
+        self, model_id: str, prompt_ids: list[int], text: str, tools: list[dict[str, Any]] | None
+    ) -> dict[str, Any]:
+        raise AssertionError("no response template")
+
     async def token_strings(self, model_id: str, ids: list[int]) -> list[str]:
         return [f"<{i}>" for i in ids]
 

@@ -38,6 +38,16 @@ class CountingRemote:
         self.calls.append("supports_tools")
         return self.pool.supports_tools(model_id)
 
+    async def parses_responses(self, model_id: str) -> bool:
+        self.calls.append("parses_responses")
+        return self.pool.parses_responses(model_id)
+
+    async def parse_response(
+        self, model_id: str, prompt_ids: list[int], text: str, tools: list[dict[str, Any]] | None
+    ) -> dict[str, Any]:
+        self.calls.append("parse_response")
+        return self.pool.parse_response(model_id, prompt_ids, text, tools)
+
     async def token_strings(self, model_id: str, ids: list[int]) -> list[str]:
         self.calls.append("token_strings")
         return self.pool.token_strings(model_id, ids)

@@ -353,3 +353,50 @@ def test_echoed_token_ids_outside_the_vocabulary_are_a_400_before_decoding():
         assert refused.value.status == 400 and refused.value.param == "prompt[1]"
 
     asyncio.run(main())
+
+
+def test_a_template_with_a_response_parser_parses_auto_replies_whole_and_streamed():
+    """transformers' parse_response, where the tokenizer ships a response template."""
+    reply = "[TOOL]get_weather(Oslo)"
+    svc, _, tokenizer, _ = service(ScriptedModel(reply))
+    seen: list[tuple[list[int], str]] = []
+
+    async def supports_tools(model_id: str) -> bool:
+        return True
+
+    async def parses_responses(model_id: str) -> bool:
+        return True
+
+    async def parse_response(
+        model_id: str, prompt_ids: list[int], text: str, tools: list[dict[str, Any]] | None
+    ) -> dict[str, Any]:
+        seen.append((prompt_ids, text))
+        assert tools == [WEATHER]
+        call = {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}
+        return {"role": "assistant", "content": "", "tool_calls": [call]}
+
+    tokenizer.supports_tools, tokenizer.parses_responses = supports_tools, parses_responses  # type: ignore[method-assign]
+    tokenizer.parse_response = parse_response  # type: ignore[method-assign]
+
+    async def main() -> None:
+        response = await svc.chat(chat(tools=[WEATHER]))
+        choice = response.choices[0]
+        assert choice.finish_reason == "tool_calls" and choice.message.content is None
+        assert choice.message.tool_calls is not None
+        assert json.loads(choice.message.tool_calls[0].function.arguments) == {"city": "Oslo"}
+        chunks = [c async for c in await svc.chat_stream(chat(tools=[WEATHER], stream=True))]
+        deltas = [d for c in chunks if c.choices for d in c.choices[0].delta.tool_calls or []]
+        assert [d.function.name for d in deltas] == ["get_weather"]
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == ""
+        assert chunks[-1].choices[0].finish_reason == "tool_calls"
+        assert [text for _, text in seen] == [reply, reply]  # the whole reply, streamed or not
+
+    asyncio.run(main())
+
+
+def test_the_pool_parses_replies_only_with_a_response_template(chat_model_path: Any):
+    from llmaas.tokenization import TokenizerPool
+
+    pool = TokenizerPool({"chat": chat_model_path})
+    assert not pool.parses_responses("chat")
+    assert pool.parse_response("chat", [1, 2], "hello", None) == {"role": "assistant", "content": "hello"}

@@ -44,6 +44,29 @@ class ChatRoutes(ServiceCore):
             known = self._tool_templates[model_id] = await self._call(self.tokenizer.supports_tools(model_id))
         return known
 
+    async def _response_parser(self, request: ChatCompletionRequest, model_id: str) -> bool:
+        """Whether an ``auto`` reply is parsed by the tokenizer's response template (transformers'
+        ``parse_response``): a template that renders tools and ships one; else the Hermes parser."""
+        if not request.tools or request.effective_tool_choice() != "auto":
+            return False
+        if not await self._supports_tools(model_id):
+            return False
+        known = self._response_templates.get(model_id)
+        if known is None:
+            known = self._response_templates[model_id] = await self._call(
+                self.tokenizer.parses_responses(model_id)
+            )
+        return known
+
+    async def _parsed(
+        self, request: ChatCompletionRequest, prepared: Prepared, text: str
+    ) -> tuple[str, list[ToolCall]]:
+        tools = [t.model_dump(exclude_none=True) for t in request.tools or []]
+        message = await self._call(
+            self.tokenizer.parse_response(prepared.spec.id, prepared.prompts[0], text, tools)
+        )
+        return tool_calling.from_message(message)
+
     async def _chat_prompt(self, request: ChatCompletionRequest) -> Prompts:
         spec = self._spec(request.model, Task.GENERATE, "chat completions")
         native = bool(request.tools) and await self._supports_tools(spec.id)
@@ -66,12 +89,15 @@ class ChatRoutes(ServiceCore):
                 strings = await self._strings(prepared.spec.id, wanted)
                 top = request.top_logprobs or 0
                 logprobs = [ChoiceLogprobs(content=chat_logprobs(c.logprobs, strings, top)) for c in choices]
+            parsed: list[tuple[str, list[ToolCall]] | None] = [None] * len(choices)
+            if await self._response_parser(request, prepared.spec.id):
+                parsed = [await self._parsed(request, prepared, "".join(c.text)) for c in choices]
         return ChatCompletionResponse(
             id=new_id("chatcmpl"),
             created=now(),
             model=prepared.spec.id,
             choices=[
-                _chat_choice(request, i, "".join(c.text), c.finish_reason, logprobs[i])
+                _chat_choice(request, i, "".join(c.text), c.finish_reason, logprobs[i], parsed[i])
                 for i, c in enumerate(choices)
             ],
             usage=self._usage(prepared, sum(c.completion_tokens for c in choices)),
@@ -94,6 +120,9 @@ class ChatRoutes(ServiceCore):
         model = prepared.spec.id
         pending: list[list[TokenLogprob]] = [[] for _ in prepared.requests]
         tools = [tool_calling.ToolStream(request) for _ in prepared.requests]
+        # NOTE: a reply the tokenizer's response template parses is held whole, then sent parsed
+        whole = await self._response_parser(request, model)
+        held: list[list[str]] = [[] for _ in prepared.requests]
         with trace:
             for index in range(len(prepared.requests)):
                 yield ChatCompletionChunk(
@@ -105,10 +134,18 @@ class ChatRoutes(ServiceCore):
             async for index, chunk in merged:
                 text, _, entries = chunk_output(prepared, chunk)
                 pending[index].extend(entries)
-                text, calls = tools[index].push(text)
-                if chunk.finish_reason is not None:
-                    rest, more = tools[index].finish()
-                    text, calls = text + rest, calls + more
+                if whole:
+                    held[index].append(text)
+                    text, calls = "", []
+                    if chunk.finish_reason is not None:
+                        text, found = await self._parsed(request, prepared, "".join(held[index]))
+                        calls = tool_calling.call_deltas(found)
+                        tools[index].calls = len(found)
+                else:
+                    text, calls = tools[index].push(text)
+                    if chunk.finish_reason is not None:
+                        rest, more = tools[index].finish()
+                        text, calls = text + rest, calls + more
                 if not text and not calls and chunk.finish_reason is None:
                     continue  # NOTE: logprobs of tokens without text yet go out with the next text
                 if chunk.finish_reason is not None:
@@ -137,17 +174,26 @@ class ChatRoutes(ServiceCore):
 
 
 def _chat_choice(
-    request: ChatCompletionRequest, index: int, text: str, finish: str | None, logprobs: ChoiceLogprobs | None
+    request: ChatCompletionRequest,
+    index: int,
+    text: str,
+    finish: str | None,
+    logprobs: ChoiceLogprobs | None,
+    parsed: tuple[str, list[ToolCall]] | None = None,
 ) -> ChatChoice:
-    """A chat choice: its text as content, or as tool calls where the request has tools."""
+    """A chat choice: its text as content, or as tool calls where the request has tools (``parsed``:
+    what the tokenizer's response template made of it)."""
     calls: list[ToolCall] | None = None
-    if request.calls_tools():
+    if parsed is not None:
+        text, found = parsed
+        calls = found or None
+    elif request.calls_tools():
         calls = tool_calling.parse_constrained(request, text)
         if calls is not None:
             text = ""
     elif request.tools and request.effective_tool_choice() == "auto":
-        text, parsed = tool_calling.parse_auto(text, [t.function.name for t in request.tools])
-        calls = parsed or None
+        text, hermes = tool_calling.parse_auto(text, [t.function.name for t in request.tools])
+        calls = hermes or None
     if calls and finish == "stop":
         finish = "tool_calls"
     message = AssistantMessage(content=text if text or not calls else None, tool_calls=calls)

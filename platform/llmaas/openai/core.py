@@ -71,6 +71,16 @@ class TokenizerClient(Protocol):
         """Whether the model's chat template renders tools itself."""
         ...
 
+    async def parses_responses(self, model_id: str) -> bool:
+        """Whether the model's tokenizer ships a response template (transformers' parse_response)."""
+        ...
+
+    async def parse_response(
+        self, model_id: str, prompt_ids: list[int], text: str, tools: list[dict[str, Any]] | None
+    ) -> dict[str, Any]:
+        """A reply as a message by the tokenizer's response template (content when it does not parse)."""
+        ...
+
     async def token_strings(self, model_id: str, ids: list[int]) -> list[str]:
         """Each token's own text (special tokens included), as logprobs and /tokenize show it."""
         ...
@@ -109,6 +119,7 @@ class ServiceCore:
         # NOTE: token strings by model and id, as logprobs name tokens; bounded by the vocabularies
         self._token_strs: dict[str, dict[int, str]] = {}
         self._tool_templates: dict[str, bool] = {}  # model id: its chat template renders tools
+        self._response_templates: dict[str, bool] = {}  # model id: its tokenizer parses replies
 
     def _trace(self, model: object, route: str, stream: bool = False) -> RequestTrace:
         """A request's metrics; a model the catalog does not hold is tagged ``UNKNOWN_MODEL``."""

@@ -216,6 +216,18 @@ def parse_auto(text: str, names: Sequence[str]) -> tuple[str, list[ToolCall]]:
     return (joined.strip() if calls else joined), calls
 
 
+def from_message(message: dict[str, Any]) -> tuple[str, list[ToolCall]]:
+    """A message transformers' ``parse_response`` made (``content``, ``tool_calls`` of
+    ``{"type": "function", "function": {"name", "arguments"}}``) as content and calls."""
+    calls = []
+    for call in message.get("tool_calls") or []:
+        function = call.get("function", call) if isinstance(call, dict) else {}
+        if isinstance(function, dict) and isinstance(function.get("name"), str):
+            calls.append(_call(function["name"], function.get("arguments", {})))
+    content = message.get("content")
+    return (content if isinstance(content, str) else ""), calls
+
+
 def _block_call(body: str, names: Sequence[str]) -> ToolCall | None:
     try:
         value = json.loads(body)

@@ -285,7 +285,8 @@ def test_cancel_while_waiting_for_resources(ray_cluster, chat_model_path, tmp_pa
 
     def waiting() -> list[Any]:
         groups = list_placement_groups(address=ray_cluster["dashboard"], detail=True)
-        return [g for g in groups if g.state != "REMOVED" and "1000" in str(g.bundles)]
+        # NOTE: the bundles' CPU, not any "1000" (placement-group ids hold "01000000")
+        return [g for g in groups if g.state != "REMOVED" and "'CPU': 1000.0" in str(g.bundles)]
 
     assert len(waiting()) == 1
     run.cancel(force_after_s=30)

@@ -73,6 +73,22 @@ def assert_openai_error(response: Any, status: int | None = None) -> dict[str, A
 # ---- schemathesis --------------------------------------------------------------------------
 
 
+#: all-MiniLM-L6-v2's vocabulary (BERT's uncased WordPiece)
+MINILM_VOCAB = 30522
+
+
+def _bound_integers(schema: Any, most: int) -> None:
+    """Every integer in ``schema`` (token ids) within 0..``most``."""
+    if isinstance(schema, dict):
+        if schema.get("type") == "integer":
+            schema.update(minimum=0, maximum=most)
+        for value in schema.values():
+            _bound_integers(value, most)
+    elif isinstance(schema, list):
+        for value in schema:
+            _bound_integers(value, most)
+
+
 @pytest.fixture(scope="module")
 def api_schema(base_url: str) -> Any:
     """The platform's OpenAPI document, narrowed to what the test catalog serves: the model ids,
@@ -82,6 +98,12 @@ def api_schema(base_url: str) -> Any:
         body = document["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
         assert {"model"} <= set(body["required"]), f"{path}: the request body is not documented"
         body["properties"]["model"] = {"type": "string", "enum": [model]}
+        if path == "/v1/embeddings":
+            # NOTE: the served model's own dimension, and token ids within its vocabulary
+            body["properties"]["dimensions"] = {
+                "anyOf": [{"type": "integer", "enum": [384]}, {"type": "null"}]
+            }
+            _bound_integers(body["properties"]["input"], MINILM_VOCAB - 1)
         for name in ("max_tokens", "max_completion_tokens"):
             if name in body["properties"]:
                 # NOTE: a completion's max_tokens may be 0 with echo (the document's allOf says when)

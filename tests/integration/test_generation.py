@@ -46,11 +46,14 @@ def test_greedy_completion_equals_model_generate(http, reference, prompt):
     prompt_ids = tokenizer.encode(prompt)
     expected = _generate(reference, prompt_ids, 24, ignore_eos=True)
     body = _complete(http, model="tiny-llama", prompt=prompt, max_tokens=24, temperature=0, ignore_eos=True)
-    assert body["usage"] == {
+    usage = dict(body["usage"])
+    cached = usage.pop("prompt_tokens_details")["cached_tokens"]  # the prefix cache's (OpenAI's field)
+    assert usage == {
         "prompt_tokens": len(prompt_ids),
         "completion_tokens": 24,
         "total_tokens": len(prompt_ids) + 24,
     }
+    assert 0 <= cached < len(prompt_ids)
     assert body["choices"][0]["text"] == tokenizer.decode(expected, skip_special_tokens=True)
     assert body["choices"][0]["finish_reason"] == "length"
     # token for token: the same ids sent as a token prompt give the same text
@@ -74,6 +77,8 @@ def test_greedy_chat_equals_model_generate_and_stops_at_eos(http, reference):
     assert body["choices"][0]["message"] == {
         "role": "assistant",
         "content": tokenizer.decode(expected, skip_special_tokens=True),
+        "refusal": None,
+        "tool_calls": None,
     }
     assert body["choices"][0]["finish_reason"] == "stop"  # the model emitted its end-of-turn token
     assert body["usage"]["prompt_tokens"] == len(prompt_ids)

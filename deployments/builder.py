@@ -83,9 +83,8 @@ def _bind_front(
         admin = _deployment(CatalogAdmin, by_kind["catalog-admin"]).bind(front.app_name)
     fine_tuning = None
     if "fine-tuning" in by_kind and front.fine_tuning is not None and admin is not None:
-        database = front.gateway.database if front.gateway is not None else None
         fine_tuning = _deployment(FineTuningReplica, by_kind["fine-tuning"]).bind(
-            front.fine_tuning, database, front.app_name, admin
+            front.fine_tuning, front.gateway, front.app_name, admin
         )
     router = _deployment(Router, by_kind["router"])
     return router.bind(catalog, tokenizer, models, gateway, admin=admin, fine_tuning=fine_tuning)
@@ -106,7 +105,8 @@ def build_from_catalog(catalog: Catalog) -> Application:
         if deployment.kind == "model":
             spec = catalog.get(deployment.models[0])
             assert spec is not None  # NOTE: the plan names only the catalog's models
-            bound[spec.id] = _bind_model(spec, deployment, cache_dir)
+            model = _bind_model(spec, deployment, cache_dir)
+            bound.update({model_id: model for model_id in deployment.models})  # the base, its adapters
         elif deployment.kind == "pool":
             members = [m for m in catalog.models if m.id in deployment.models]
             pool = _bind_pool(deployment, members, cache_dir)

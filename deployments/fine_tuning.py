@@ -1,7 +1,8 @@
 """The fine-tuning deployment: files, jobs and the job runner, one replica in the front application.
 
 The router hands it the API calls (through a handle) with the caller's key id; it keeps the
-records in the gateway's database, trains jobs on the cluster through Ray Train and adds each
+records in the gateway's database (where it also reads each key's fine-tuning limits and writes a
+ledger row per succeeded job), trains jobs on the cluster through Ray Train and adds each
 result to the live catalog through the catalog-admin deployment, then waits until the new model
 answers. It takes no CPU of its own: training runs in Ray Train's workers, with the resources the
 catalog's ``fine_tuning.resources`` give them.
@@ -20,7 +21,9 @@ from ray.serve.handle import DeploymentHandle
 from llmaas.catalog_edit import CatalogEdit
 from llmaas.config.catalog import Catalog, ModelSpec
 from llmaas.config.fine_tuning import FineTuningConfig
-from llmaas.deployments.handles import HandleCatalogAdmin
+from llmaas.config.gateway import GatewayConfig
+from llmaas.deployments.handles import HandleCatalogAdmin, adapter_ref
+from llmaas.engine.types import AdapterRef, GenerationRequest, SamplingParams
 from llmaas.errors import NotFound
 from llmaas.finetune.data import count_tokens
 from llmaas.finetune.files import Files
@@ -28,6 +31,7 @@ from llmaas.finetune.jobs import Jobs
 from llmaas.finetune.runner import JobRunner
 from llmaas.finetune.store import FineTuneStore, JobRecord
 from llmaas.finetune.uploads import Upload
+from llmaas.gateway.store import Store, open_store
 from llmaas.naming import deployment_name, model_app_name
 from llmaas.openai.protocol.fine_tuning import (
     CreateFineTuningJob,
@@ -94,15 +98,26 @@ class CatalogRegistrar:
         return catalog is not None and catalog.get(model_id) is not None
 
     async def wait_ready(self, model_id: str, timeout_s: float) -> None:
-        """Until the model's deployment answers (its replicas loaded the weights)."""
+        """Until the model answers: its deployment's replicas loaded the weights, or (an adapter) a
+        replica of its base loaded the adapter and generated a token with it."""
+        from llmaas import deploy
+
         deadline = time.monotonic() + timeout_s
         last: BaseException | None = None
         while time.monotonic() < deadline:
             try:
+                catalog = await asyncio.to_thread(deploy.deployed_catalog, self.app_name)
+                spec = catalog.get(model_id) if catalog is not None else None
+                if catalog is None or spec is None:
+                    raise LookupError(f"{model_id} is not in the deployed catalog yet")
+                base = catalog.base_of(spec)
                 handle = serve.get_deployment_handle(
-                    deployment_name(model_id), model_app_name(self.app_name, model_id)
+                    deployment_name(base.id), model_app_name(self.app_name, base.id)
                 )
-                await asyncio.wait_for(handle.info.remote(), timeout=30)
+                ref = adapter_ref(spec)
+                await asyncio.wait_for(
+                    handle.info.remote() if ref is None else _first_token(handle, ref), timeout=60
+                )
                 return
             except Exception as exc:  # not deployed yet, still loading
                 last = exc
@@ -110,15 +125,38 @@ class CatalogRegistrar:
         raise TimeoutError(f"the model {model_id} did not answer within {timeout_s:.0f}s: {last}")
 
 
+async def _first_token(handle: DeploymentHandle, adapter: AdapterRef) -> None:
+    """One greedy token with ``adapter`` from a replica of its base (which loads it on the way)."""
+    request = GenerationRequest(
+        request_id=f"ready-{adapter.name}",
+        prompt_token_ids=[0],
+        sampling=SamplingParams(max_tokens=1, temperature=0.0),
+        adapter=adapter,
+    )
+    stream: Any = handle.options(stream=True, multiplexed_model_id=adapter.name).generate.remote(request)
+    async for chunk in stream:
+        if chunk.error:
+            raise RuntimeError(chunk.error)
+
+
 class FineTuningReplica:
     async def __init__(  # type: ignore[misc]  # Serve awaits async constructors
-        self, config: FineTuningConfig, gateway_database: str | None, app_name: str, admin: DeploymentHandle
+        self, config: FineTuningConfig, gateway: GatewayConfig | None, app_name: str, admin: DeploymentHandle
     ) -> None:
         self.config = config
         self.app_name = app_name
         directory = await asyncio.to_thread(_files_directory, config)
         self.upload_dir = directory
-        self.store = await asyncio.to_thread(FineTuneStore.open, config.database_url(gateway_database))
+        gateway_database = gateway.database if gateway is not None else None
+        url = config.database_url(gateway_database)
+        self.store = await asyncio.to_thread(FineTuneStore.open, url)
+        # NOTE: keys' limits and the ledger's rows live in the gateway's database: the same store
+        # when fine-tuning keeps its records there (the default), else a store of its own.
+        self.accounts: Store | None = None
+        if gateway is not None:
+            same = url == gateway.database
+            self.accounts = self.store.db if same else await asyncio.to_thread(open_store, gateway.database)
+        self.ledger = self.accounts if gateway is not None and gateway.ledger else None
         self.files = Files(self.store, directory)
         self.registrar = CatalogRegistrar(HandleCatalogAdmin(admin), app_name)
         self.jobs: Jobs | None = None
@@ -126,16 +164,28 @@ class FineTuningReplica:
         self.catalog: Catalog | None = None
 
     async def reconfigure(self, config: dict[str, Any]) -> None:
-        """The deployed catalog (Serve's ``user_config``): base models and their settings."""
+        """The deployed catalog (Serve's ``user_config``): base models and their settings. The jobs
+        and their runner are made with the first one, and read each later one."""
         catalog = Catalog.model_validate(config["catalog"])
         if catalog == self.catalog:
             return
         from llmaas.finetune.train import start_training
 
         self.catalog = catalog
-        if self.runner is not None:
-            await self.runner.stop_loop()
-        jobs = Jobs(self.config, catalog, self.store, self.files, _counter(catalog))
+        if self.jobs is not None and self.runner is not None:
+            # NOTE: the jobs go on: a change is often a job's own model joining the catalog while
+            # that job waits for it to answer (rebuilding the runner would queue the job again)
+            self.jobs.catalog = self.runner.catalog = catalog
+            return
+        jobs = Jobs(
+            self.config,
+            catalog,
+            self.store,
+            self.files,
+            _counter(catalog),
+            keys=self.accounts,
+            ledger=self.ledger,
+        )
         runner = JobRunner(self.config, catalog, jobs, self.registrar, start_training, _base_dir(catalog))
         jobs.wake = runner.wake
         self.jobs, self.runner = jobs, runner

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from ray.exceptions import RayActorError, RayTaskError
@@ -19,9 +20,10 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from llmaas.catalog_edit import CatalogEdit
+from llmaas.config.catalog import ModelSpec
 from llmaas.deploy import CatalogChange
 from llmaas.engine.errors import EngineError, EngineNotReady, EngineOverloaded
-from llmaas.engine.types import GenerationChunk, GenerationRequest, ModelInfo
+from llmaas.engine.types import AdapterRef, GenerationChunk, GenerationRequest, ModelInfo
 
 T = TypeVar("T")
 
@@ -110,6 +112,13 @@ class HandleCatalogAdmin:
         return result
 
 
+def adapter_ref(spec: ModelSpec) -> AdapterRef | None:
+    """What a LoRA model's requests carry to its base's replica (None for any other model)."""
+    if spec.adapter_of is None or spec.source.path is None:
+        return None
+    return AdapterRef(name=spec.id, path=str(Path(spec.source.path).expanduser()))
+
+
 class HandleModel:
     """A model deployment's handle, with a bound on how long a call waits for a replica to take it.
 
@@ -121,9 +130,15 @@ class HandleModel:
     """
 
     def __init__(
-        self, handle: DeploymentHandle, model_id: str = "", queue_timeout_s: float | None = None
+        self,
+        handle: DeploymentHandle,
+        model_id: str = "",
+        queue_timeout_s: float | None = None,
+        *,
+        adapter: AdapterRef | None = None,
     ) -> None:
         self._handle = handle
+        self._adapter = adapter  # a LoRA model: its requests run this adapter on its base's replicas
         self._stream = handle.options(stream=True)
         self._model_id = model_id or handle.deployment_name
         self._timeout_s = queue_timeout_s
@@ -148,6 +163,8 @@ class HandleModel:
         response: Any = None
         finished = False
         try:
+            if self._adapter is not None:
+                request = request.model_copy(update={"adapter": self._adapter})
             response = self._stream.generate.remote(request)  # NOTE: may raise (backpressure)
             chunks = aiter(response)
             try:

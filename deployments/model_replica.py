@@ -3,6 +3,11 @@
 A generating replica also copies its engine's health numbers (running and waiting
 sequences, batch and KV occupancy) into Prometheus gauges every second (``llmaas.metrics``).
 
+A generating replica serves its model's LoRA adapters too (catalog entries ``adapter_of`` it):
+a request names its adapter, which is loaded through ``serve.multiplexed``, so that Serve knows
+which replica holds which adapter and routes their requests there, and evicts the least recently
+used beyond ``max_adapters``; the engine lets an evicted adapter go once no sequence uses it.
+
 An engine that breaks beyond repair (a tensor-parallel rank died) has already ended its
 requests with an error; its replica then exits, so that Serve replaces it at its next health
 check instead of after three failed ones and a drain.
@@ -19,6 +24,7 @@ from typing import Any
 from llmaas.autoscaling import autoscaling_stats
 from llmaas.config.catalog import ModelSpec, Task
 from llmaas.engine import (
+    AdapterRef,
     Engine,
     EngineHealth,
     GenerationChunk,
@@ -32,6 +38,22 @@ from llmaas.models import resolve_model_path
 logger = logging.getLogger("ray.serve")
 
 FATAL_EXIT_DELAY_S = 1.0  # the ended requests' last chunks reach their callers before the exit
+
+
+class AdapterLease:
+    """An adapter as ``serve.multiplexed`` holds it: let go on the engine when Serve evicts it."""
+
+    def __init__(self, engine: Engine, name: str) -> None:
+        self.engine = engine
+        self.name = name
+        self.released = False
+
+    def __del__(self) -> None:
+        # NOTE: Serve calls this on eviction (from a thread), and Python again when it collects the
+        # lease, maybe after the adapter was loaded anew: only the first call lets it go.
+        if not self.released:
+            self.released = True
+            self.engine.unload_adapter(self.name)
 
 
 class ModelReplica:
@@ -53,6 +75,17 @@ class ModelReplica:
         self._exiting: asyncio.Task[None] | None = None
         self.engine.on_fatal(self._on_fatal)
         await self.engine.start()
+        self._adapter_paths: dict[str, str] = {}
+        self._load_adapter: Any = None
+        if self.engine.supports_adapters:
+            from ray import serve
+
+            @serve.multiplexed(max_num_models_per_replica=spec.max_adapters)
+            async def load_adapter(name: str) -> AdapterLease:
+                await self.engine.load_adapter(AdapterRef(name=name, path=self._adapter_paths[name]))
+                return AdapterLease(self.engine, name)
+
+            self._load_adapter = load_adapter
         self._gauges: asyncio.Task[None] | None = None
         if spec.task is Task.GENERATE and ray_initialized():
             gauges = ReplicaGauges(spec.id, spec.batching.max_batch_size)
@@ -79,6 +112,12 @@ class ModelReplica:
         return self.engine.info
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        if request.adapter is not None:
+            if self._load_adapter is None:
+                await self.engine.load_adapter(request.adapter)  # NOTE: raises: adapters cannot run here
+            self._adapter_paths[request.adapter.name] = request.adapter.path
+            await self._load_adapter(request.adapter.name)  # Serve's LRU: tells the routers it is here
+            await self.engine.load_adapter(request.adapter)  # NOTE: a no-op unless it was let go meanwhile
         stream = self.engine.generate(request)
         try:
             async for chunk in stream:

@@ -31,7 +31,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmaas.admin import AdminService
 from llmaas.config.catalog import Catalog
-from llmaas.deployments.handles import HandleCatalogAdmin, HandleFineTuning, HandleModel, HandleTokenizer
+from llmaas.deployments.handles import (
+    HandleCatalogAdmin,
+    HandleFineTuning,
+    HandleModel,
+    HandleTokenizer,
+    adapter_ref,
+)
 from llmaas.finetune.frontend import FineTuningFrontend, page_query
 from llmaas.gateway.client import GatewayClient
 from llmaas.metrics import FanOut, default_request_recorder
@@ -194,10 +200,14 @@ class Router:
             tokenizer,
             {
                 spec.id: HandleModel(
-                    # NOTE: a pooled model's calls name it, so that Serve routes to a replica holding it
-                    models[spec.id].options(multiplexed_model_id=spec.id) if spec.pool else models[spec.id],
+                    # NOTE: a pooled model's (or an adapter's) calls name it, so that Serve routes
+                    # them to a replica holding it
+                    models[spec.id].options(multiplexed_model_id=spec.id)
+                    if spec.pool or spec.adapter_of
+                    else models[spec.id],
                     spec.id,
-                    spec.replicas.queue_timeout_s,
+                    catalog.base_of(spec).replicas.queue_timeout_s,
+                    adapter=adapter_ref(spec),
                 )
                 for spec in catalog.models
             },
@@ -211,7 +221,7 @@ class Router:
         )
         # NOTE: swapped together, after everything loaded: a request sees one catalog or the other.
         self.catalog = catalog
-        self._responses.forget({m.id for m in catalog.models})
+        self._responses.forget(catalog.models)
         tuning = FineTuningFrontend(
             self._fine_tuning if catalog.fine_tuning is not None else None,
             gateway,

@@ -17,11 +17,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 from pydantic import ValidationError
 
 from llmaas.config.catalog import Catalog
+
+if TYPE_CHECKING:
+    from llmaas.capacity import ClusterSpec, TrainingCapacity
 
 #: Where ``ray up`` leaves cluster.yaml on the head node: the default cluster file to fit.
 BOOTSTRAP_CLUSTER = "~/ray_bootstrap_config.yaml"
@@ -75,19 +79,41 @@ def fit_to_cluster(catalog: Catalog, cluster_file: str | None = None) -> Catalog
     no check (a local Ray): ``catalog`` comes back as it is. Raises ``CatalogError`` naming every
     problem when the file is unreadable or the catalog cannot fit.
     """
-    from llmaas.capacity import ClusterSpec, check_capacity, with_capacity_defaults
+    from llmaas.capacity import check_capacity, check_training, with_capacity_defaults
 
-    path = Path(cluster_file or BOOTSTRAP_CLUSTER).expanduser()
-    if cluster_file is None and not path.exists():
+    found = _cluster(cluster_file)
+    if found is None:
         return catalog
-    try:
-        cluster = ClusterSpec.from_file(path)
-    except (OSError, ValueError, yaml.YAMLError) as exc:
-        raise CatalogError(f"cannot read the cluster config {path}: {exc}") from exc
+    path, cluster = found
     problems = check_capacity(catalog, cluster)
+    training = check_training(catalog, cluster)
+    problems += training.problems if training is not None else []
     if problems:
         raise CatalogError(f"the catalog does not fit the cluster in {path}:", problems)
     return with_capacity_defaults(catalog, cluster)
+
+
+def training_capacity(catalog: Catalog, cluster_file: str | None = None) -> TrainingCapacity | None:
+    """The catalog's fine-tuning jobs beside its serving replicas at their maximum (pass the catalog
+    ``fit_to_cluster`` returned); None without a fine_tuning section or a cluster file."""
+    from llmaas.capacity import check_training
+
+    found = _cluster(cluster_file) if catalog.fine_tuning is not None else None
+    return check_training(catalog, found[1]) if found is not None else None
+
+
+def _cluster(cluster_file: str | None) -> tuple[Path, ClusterSpec] | None:
+    """The cluster file (``cluster_file``, else the head's bootstrap file if any) read; a
+    ``CatalogError`` when it is unreadable."""
+    from llmaas.capacity import ClusterSpec
+
+    path = Path(cluster_file or BOOTSTRAP_CLUSTER).expanduser()
+    if cluster_file is None and not path.exists():
+        return None
+    try:
+        return path, ClusterSpec.from_file(path)
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        raise CatalogError(f"cannot read the cluster config {path}: {exc}") from exc
 
 
 def prepare(
@@ -106,6 +132,8 @@ def prepare(
 
     paths: dict[str, Path] = {}
     for spec in catalog.models:
+        if spec.adapter_of is not None:  # NOTE: an adapter directory is used as it is, on its base
+            continue
         if progress and not is_prepared(spec.source, catalog.cache_path):
             bar = ProgressBar(f"building {spec.id}")
             try:

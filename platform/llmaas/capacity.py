@@ -13,10 +13,17 @@ tensor-parallel rank, ``CPU`` + ``GPU`` (when above 0) + custom resources + ``me
 ``memory_bytes`` is set), all bundles on one node (STRICT_PACK). Only the launcher's
 ``resources`` are read: a node type that leaves them to autodetection cannot be checked, and
 is refused with the line to write.
+
+A ``fine_tuning`` section adds its training jobs: ``max_concurrent_jobs`` of ``num_workers``
+bundles each (``fine_tuning.resources``; Ray Train packs them, PACK: a job's workers may span
+nodes). They are counted beside every serving replica at its maximum; where they do not all fit,
+that is a warning, not a failure: jobs queue for free resources and never take a replica's. A job
+that could never run (a worker fits no node type, or its workers the whole cluster) is a failure.
 """
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +32,7 @@ from pydantic import ConfigDict, Field, model_validator
 
 from llmaas.config.base import BaseConfig
 from llmaas.config.catalog import Catalog, ModelSpec, ReplicaConfig
+from llmaas.config.fine_tuning import JobResources
 from llmaas.naming import deployment_name, pool_deployment_name
 from llmaas.plan import DeploymentPlan, model_deployment, plan_catalog
 
@@ -305,6 +313,119 @@ def capacity_summary(cluster: ClusterSpec) -> dict[str, Any]:
         "max_nodes": cluster.max_nodes(),
         "max_totals": cluster.max_totals(),
     }
+
+
+def training_worker(resources: JobResources) -> Resources:
+    """One training worker's bundle: CPU, GPU (when above 0) and memory (when set)."""
+    worker: Resources = {"CPU": resources.cpus_per_worker}
+    if resources.gpus_per_worker > 0:
+        worker["GPU"] = resources.gpus_per_worker
+    if resources.memory_bytes_per_worker is not None:
+        worker["memory"] = float(resources.memory_bytes_per_worker)
+    return worker
+
+
+@dataclass(frozen=True)
+class TrainingCapacity:
+    """Fine-tuning's jobs on a cluster: one job's demand, and how many fit beside serving at its maximum."""
+
+    worker: Resources
+    num_workers: int
+    max_concurrent_jobs: int
+    beside_max: int  # jobs that fit beside every serving replica at its maximum (at most max_concurrent_jobs)
+    problems: list[str] = field(default_factory=list)  # why a job could never run
+
+    @property
+    def job(self) -> Resources:
+        return _sum([self.worker] * self.num_workers)
+
+    def line(self) -> str:
+        """``llmaas check``'s line, like a model's."""
+        jobs = self.max_concurrent_jobs
+        shape = f"{jobs} job{'s' if jobs > 1 else ''} x {self.num_workers} x {_fmt(self.worker)}"
+        fit = (
+            "does not fit" if self.problems else f"{self.beside_max} of {jobs} fit beside serving at its max"
+        )
+        return f"{'fine-tuning':<32} {'training':<9} {shape} ({_fmt(self.job, braces=False)} a job); {fit}"
+
+    def warning(self) -> str | None:
+        """Why not every concurrent job fits beside serving at its maximum (jobs queue then), or None."""
+        if self.problems or self.beside_max >= self.max_concurrent_jobs:
+            return None
+        return (
+            f"fine-tuning: with every serving replica at its maximum (max_replicas, or num_replicas), "
+            f"{self.beside_max} of the {self.max_concurrent_jobs} concurrent training jobs "
+            f"(fine_tuning.max_concurrent_jobs; {_fmt(self.job, braces=False)} each) fit the cluster at its "
+            "largest. The others queue until replicas scale down or nodes are added; a job never takes a "
+            "serving replica's resources. To run them all at once, raise max_workers in cluster.yaml, or "
+            "lower max_replicas or fine_tuning.max_concurrent_jobs"
+        )
+
+
+def check_training(catalog: Catalog, cluster: ClusterSpec) -> TrainingCapacity | None:
+    """The catalog's training jobs counted against ``cluster`` beside its serving replicas at their
+    maximum (pass the catalog after ``with_capacity_defaults``); None without a fine_tuning section."""
+    config = catalog.fine_tuning
+    if config is None:
+        return None
+    worker = training_worker(config.resources)
+    count = config.resources.num_workers
+    problems: list[str] = []
+    if not any(_fits(node.resources, worker) for node in cluster.node_types):
+        problems.append(_no_node_for_training(worker, cluster))
+    elif max(_jobs_placed(cluster, [], worker, count, 1, large) for large in (False, True)) < 1:
+        problems.append(
+            f"fine-tuning: one training job needs {count} x {_fmt(worker)} "
+            f"({_fmt(_sum([worker] * count), braces=False)} in all; fine_tuning.resources: num_workers x "
+            "cpus_per_worker, gpus_per_worker, memory_bytes_per_worker), more than the cluster holds at its "
+            f"largest with nothing else on it ({_fmt(cluster.max_totals(), braces=False)}; "
+            f"max_workers={cluster.max_workers}), so a job would wait forever. Fix: lower "
+            "fine_tuning.resources.num_workers or what a worker takes, or raise max_workers in cluster.yaml"
+        )
+    beside = 0
+    if not problems:
+        serving = [(d, d.max_or_min) for d in _demands(catalog)]
+        beside = max(
+            _jobs_placed(cluster, serving, worker, count, config.max_concurrent_jobs, large)
+            for large in (False, True)
+        )
+    return TrainingCapacity(worker, count, config.max_concurrent_jobs, beside, problems)
+
+
+def _jobs_placed(
+    cluster: ClusterSpec,
+    base: list[tuple[_Demand, int]],
+    worker: Resources,
+    num_workers: int,
+    jobs: int,
+    prefer_large: bool,
+) -> int:
+    """Jobs of ``num_workers`` x ``worker`` placed whole (up to ``jobs``) after ``base`` is packed."""
+    packer = _Packer(cluster, prefer_large=prefer_large)
+    packer.pack(base)
+    placed = 0
+    while placed < jobs:
+        trial = copy.deepcopy(packer)  # NOTE: a job's workers are placed all or none
+        if not all(trial.place(worker) for _ in range(num_workers)):
+            break
+        packer, placed = trial, placed + 1
+    return placed
+
+
+def _no_node_for_training(worker: Resources, cluster: ClusterSpec) -> str:
+    types = "; ".join(node.describe() for node in cluster.node_types)
+    declared = any("memory" in node.resources for node in cluster.node_types)
+    hint = (
+        " (no node type in cluster.yaml declares its memory: add memory: BYTES to their resources)"
+        if "memory" in worker and not declared
+        else ""
+    )
+    return (
+        f"fine-tuning: one training worker needs {_fmt(worker)} (fine_tuning.resources: cpus_per_worker, "
+        f"gpus_per_worker, memory_bytes_per_worker), but no node type offers it{hint} ({types}), so no job "
+        f"could ever start. Fix: lower fine_tuning.resources, or add a node type with at least "
+        f"{_fmt(worker, braces=False)} to available_node_types in cluster.yaml"
+    )
 
 
 # --- demands ---------------------------------------------------------------------------------
@@ -617,8 +738,11 @@ __all__ = [
     "LauncherView",
     "NodeType",
     "Resources",
+    "TrainingCapacity",
     "capacity_summary",
     "check_capacity",
+    "check_training",
     "replica_demand",
+    "training_worker",
     "with_capacity_defaults",
 ]

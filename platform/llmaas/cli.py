@@ -22,7 +22,14 @@ import sys
 import time
 from pathlib import Path
 
-from llmaas.api import BOOTSTRAP_CLUSTER, CatalogError, fit_to_cluster, load_catalog, prepare
+from llmaas.api import (
+    BOOTSTRAP_CLUSTER,
+    CatalogError,
+    fit_to_cluster,
+    load_catalog,
+    prepare,
+    training_capacity,
+)
 from llmaas.config.catalog import Catalog
 
 
@@ -120,6 +127,16 @@ def cmd_check(args: argparse.Namespace) -> int:
             f"ok  {spec.id:<32} {spec.task.value:<9} tp={spec.tensor_parallel_size} {replicas:<14} "
             f"{spec.source.describe()}"
         )
+    try:
+        training = training_capacity(catalog, args.cluster)
+    except CatalogError as exc:
+        _report(exc)
+        return 2
+    if training is not None:
+        print(f"ok  {training.line()}")
+        warning = training.warning()
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 

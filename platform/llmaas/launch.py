@@ -15,8 +15,13 @@ from llmaas.plan import plan_catalog
 
 
 def cpus_needed(catalog: Catalog) -> float:
-    """Logical CPUs the catalog's replicas ask Ray for at their initial sizes (its plan's)."""
-    return plan_catalog(catalog).cpus_needed()
+    """Logical CPUs the catalog's replicas ask Ray for at their initial sizes (its plan's), and its
+    fine-tuning jobs at most (they never take a replica's)."""
+    tuning = catalog.fine_tuning
+    jobs = 0.0
+    if tuning is not None:
+        jobs = tuning.max_concurrent_jobs * tuning.resources.num_workers * tuning.resources.cpus_per_worker
+    return plan_catalog(catalog).cpus_needed() + jobs
 
 
 def target_replicas(catalog: Catalog) -> dict[str, int]:

@@ -2,8 +2,8 @@
 
 ``plan_catalog(catalog)`` says, for each deployment, its Serve application and name, the
 import path and args of its application, its actor options, its placement-group bundles and
-strategy, its replica bounds (min / initial / max), its multiplexing, and the resources each
-replica takes. Everything that turns a catalog into Serve options reads it:
+strategy, its replica bounds (min / initial / max), its multiplexing, its request router, and
+the resources each replica takes. Everything that turns a catalog into Serve options reads it:
 
 - the app builder (``llmaas.deployments.builder``) binds each deployment with ``serve_options()``;
 - ``llmaas deploy`` (``llmaas.deploy``) sends ``serve_config()`` to Serve's declarative API;
@@ -26,6 +26,7 @@ Two shapes over the same deployments:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -74,6 +75,9 @@ REPLICA_CHECKS: dict[str, float] = {
 #: the gateway's replica count: its limits' counters live in one place
 GATEWAY_REPLICAS = 1
 GATEWAY_MAX_ONGOING = 100_000
+#: The request router of a generating model whose prefix cache routes. NOTE: an import path, not
+#: the class: the plan stays free of Ray (Serve imports it where the deployment is built).
+PREFIX_ROUTER = "llmaas.routing.PrefixAffinityRouter"
 
 
 # --- the args of each application's builder ---------------------------------------------------
@@ -174,6 +178,9 @@ class DeploymentPlan(BaseModel):
     health_checks: bool = Field(default=False, description="Serve's REPLICA_CHECKS apply.")
     user_config: dict[str, Any] | None = None
     max_models_per_replica: int | None = Field(default=None, description="Multiplexed: models per replica.")
+    request_router: dict[str, Any] | None = Field(
+        default=None, description="Serve's request_router_config; None: Serve's default router."
+    )
 
     @property
     def total(self) -> Resources:
@@ -202,6 +209,11 @@ class DeploymentPlan(BaseModel):
             options.update(REPLICA_CHECKS)
         if self.user_config is not None:
             options["user_config"] = self.user_config
+        if self.request_router is not None:
+            options["request_router_config"] = {
+                **self.request_router,
+                "request_router_kwargs": dict(self.request_router.get("request_router_kwargs", {})),
+            }
         options.update(self.scaling_options())
         return options
 
@@ -333,8 +345,36 @@ def _autoscaling(
     return config
 
 
-def model_deployment(spec: ModelSpec, app: str) -> DeploymentPlan:
-    """A model's own deployment: one replica = one bundle per tensor-parallel rank."""
+def request_router(spec: ModelSpec) -> dict[str, Any] | None:
+    """Serve's ``request_router_config`` of a model's own deployment: prefix-aware routing
+    (``llmaas.routing``) for a generating model whose prefix cache is on and routes; None: Serve's
+    default (embedding and classify models keep no prompt cache; pools route by model id).
+
+    NOTE: not decided on the replica count, though one replica has nothing to choose between
+    (the router then takes Serve's choice at once). ``llmaas deploy`` builds a model's
+    application from args without its replica counts (they travel as live overrides), so its
+    code-level options cannot see them; and Serve 2.60 folds an override's request_router_config
+    into the application's code version (``get_app_code_version``), which every replica's version
+    carries, so deciding it there would restart a model's replicas when it scales past one.
+    """
+    cache = spec.prefix_cache
+    if spec.task is not Task.GENERATE or not (cache.enabled and cache.routing):
+        return None
+    return {
+        "request_router_class": PREFIX_ROUTER,
+        "request_router_kwargs": {
+            "block_size": cache.block_size,
+            # NOTE: a replica runs up to max_batch_size sequences at once; a prefix's holder may be
+            # half a batch busier than the least loaded replica before its hit stops paying for
+            # the wait
+            "imbalanced_threshold": max(1, spec.batching.max_batch_size // 2),
+        },
+    }
+
+
+def model_deployment(spec: ModelSpec, app: str, adapters: Sequence[ModelSpec] = ()) -> DeploymentPlan:
+    """A model's own deployment: one replica = one bundle per tensor-parallel rank; it serves
+    ``adapters`` (LoRA, ``adapter_of`` it) too."""
     # NOTE: a generating model scales on its scheduler's sequences, not on handle calls:
     # see llmaas.autoscaling
     policy = policy_config() if spec.task is Task.GENERATE else None
@@ -342,7 +382,7 @@ def model_deployment(spec: ModelSpec, app: str) -> DeploymentPlan:
         name=deployment_name(spec.id),
         app=app,
         kind="model",
-        models=(spec.id,),
+        models=(spec.id, *(adapter.id for adapter in adapters)),
         label=f"model {spec.id!r}",
         fix=f"lower tensor_parallel_size or resources of model {spec.id!r}",
         actor_options=worker_actor_options(spec.resources),
@@ -353,6 +393,7 @@ def model_deployment(spec: ModelSpec, app: str) -> DeploymentPlan:
         max_queued_requests=spec.batching.max_queued_requests,
         autoscaling_config=_autoscaling(spec.replicas, spec.target_sequences, policy),
         health_checks=True,
+        request_router=request_router(spec),
     )
 
 
@@ -472,12 +513,14 @@ def plan_catalog(catalog: Catalog, *, shape: Shape = "split") -> Plan:
     split = shape == "split"
     name = catalog.app_name
     cache_dir = str(catalog.cache_path)
+    # NOTE: an adapter is served by its base's deployment, in its base's application
     model_apps = {
         spec.id: (pool_app_name(name, spec.pool) if spec.pool else model_app_name(name, spec.id))
         if split
         else name
-        for spec in catalog.models
+        for spec in map(catalog.base_of, catalog.models)
     }
+    model_apps |= {spec.id: model_apps[catalog.base_of(spec).id] for spec in catalog.models}
     # NOTE: the router learns other applications' names only in the split shape; in one
     # application it reaches every model through the handles the builder binds.
     user_config = catalog_user_config(catalog, model_apps if split else None)
@@ -493,7 +536,9 @@ def plan_catalog(catalog: Catalog, *, shape: Shape = "split") -> Plan:
         for pool_name, pool in catalog.pools.items()
     ]
     models = [
-        (spec, model_deployment(spec, model_apps[spec.id])) for spec in catalog.models if spec.pool is None
+        (spec, model_deployment(spec, model_apps[spec.id], catalog.adapters_of(spec)))
+        for spec in catalog.models
+        if spec.pool is None and spec.adapter_of is None
     ]
     if not split:
         application = ApplicationPlan(
@@ -558,6 +603,7 @@ __all__ = [
     "FRONT_IMPORT_PATH",
     "MODEL_IMPORT_PATH",
     "POOL_IMPORT_PATH",
+    "PREFIX_ROUTER",
     "ApplicationPlan",
     "DeploymentPlan",
     "FrontArgs",
@@ -571,6 +617,7 @@ __all__ = [
     "model_deployment",
     "plan_catalog",
     "pool_deployment",
+    "request_router",
     "worker_actor_options",
     "worker_bundle",
 ]

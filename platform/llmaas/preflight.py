@@ -57,6 +57,14 @@ def _gguf_checks(spec: ModelSpec) -> tuple[Path | None, list[str]]:
 
 def check_model(spec: ModelSpec) -> list[str]:
     problems: list[str] = []
+    if spec.adapter_of is not None:
+        path = Path(spec.source.path or "").expanduser()
+        if not (path / "adapter_config.json").exists():
+            problems.append(
+                f"model {spec.id!r}: source.path {spec.source.path!r} holds no adapter_config.json; "
+                "point it at a PEFT LoRA adapter directory"
+            )
+        return problems
     if spec.source.path is not None and not (Path(spec.source.path).expanduser() / "config.json").exists():
         problems.append(
             f"model {spec.id!r}: source.path {spec.source.path!r} holds no config.json; "

@@ -19,22 +19,23 @@ class TokenizerPool:
 
     def __init__(self, paths: dict[str, Path]) -> None:
         self._paths = dict(paths)
-        self._loaded: dict[str, Any] = {}
+        self._loaded: dict[Path, Any] = {}  # NOTE: by directory: a base's adapters share its tokenizer
         self._lock = threading.Lock()
 
     def has(self, model_id: str) -> bool:
         return model_id in self._paths
 
     def get(self, model_id: str) -> Any:
-        tokenizer = self._loaded.get(model_id)
+        path = self._paths[model_id]
+        tokenizer = self._loaded.get(path)
         if tokenizer is None:
             from transformers import AutoTokenizer
 
             with self._lock:
-                tokenizer = self._loaded.get(model_id)
+                tokenizer = self._loaded.get(path)
                 if tokenizer is None:
-                    tokenizer = AutoTokenizer.from_pretrained(self._paths[model_id])
-                    self._loaded[model_id] = tokenizer
+                    tokenizer = AutoTokenizer.from_pretrained(path)
+                    self._loaded[path] = tokenizer
         return tokenizer
 
     def encode(self, model_id: str, texts: list[str], add_special_tokens: bool = True) -> list[list[int]]:
@@ -117,15 +118,20 @@ def load_pool(catalog: Catalog) -> TokenizerPool:
     """Every catalog model's tokenizer, loaded now rather than on the first request (blocking)."""
     from llmaas.models import resolve_model_path
 
-    paths = {spec.id: resolve_model_path(spec.source, catalog.cache_path) for spec in catalog.models}
+    # NOTE: an adapter speaks its base's tokens
+    paths = {
+        spec.id: resolve_model_path(catalog.base_of(spec).source, catalog.cache_path)
+        for spec in catalog.models
+    }
     pool = TokenizerPool(paths)
     for spec in catalog.models:
         pool.get(spec.id)
     return pool
 
 
-class RemoteTokenizer(Protocol):
-    """The tokenizer deployment as the router sees it (``llmaas.deployments.handles.HandleTokenizer``)."""
+class TokenizerClient(Protocol):
+    """A tokenizer as the API layer uses it: ``LocalFirstTokenizer``, or the tokenizer deployment as
+    the router sees it (``llmaas.deployments.handles.HandleTokenizer``)."""
 
     async def encode(self, model_id: str, texts: list[str], add_special_tokens: bool) -> list[list[int]]: ...
 
@@ -137,15 +143,23 @@ class RemoteTokenizer(Protocol):
         tools: list[dict[str, Any]] | None = None,
     ) -> list[int]: ...
 
-    async def supports_tools(self, model_id: str) -> bool: ...
+    async def supports_tools(self, model_id: str) -> bool:
+        """Whether the model's chat template renders tools itself."""
+        ...
 
-    async def parses_responses(self, model_id: str) -> bool: ...
+    async def parses_responses(self, model_id: str) -> bool:
+        """Whether the model's tokenizer ships a response template (transformers' parse_response)."""
+        ...
 
     async def parse_response(
         self, model_id: str, prompt_ids: list[int], text: str, tools: list[dict[str, Any]] | None
-    ) -> dict[str, Any]: ...
+    ) -> dict[str, Any]:
+        """A reply as a message by the tokenizer's response template (content when it does not parse)."""
+        ...
 
-    async def token_strings(self, model_id: str, ids: list[int]) -> list[str]: ...
+    async def token_strings(self, model_id: str, ids: list[int]) -> list[str]:
+        """Each token's own text (special tokens included), as logprobs and /tokenize show it."""
+        ...
 
     async def decode(self, model_id: str, ids: list[int], skip_special_tokens: bool) -> str: ...
 
@@ -160,7 +174,7 @@ class LocalFirstTokenizer:
     decoding) count one character each against the same limit.
     """
 
-    def __init__(self, pool: TokenizerPool, remote: RemoteTokenizer, *, inline_max_chars: int) -> None:
+    def __init__(self, pool: TokenizerPool, remote: TokenizerClient, *, inline_max_chars: int) -> None:
         self.pool = pool
         self.remote = remote
         self.inline_max_chars = inline_max_chars

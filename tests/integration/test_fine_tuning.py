@@ -15,6 +15,7 @@ import json
 import random
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +156,29 @@ def test_a_chat_model_learns_a_fact_and_answers_at_once(ft: dict[str, Any]) -> N
     assert base.choices[0].message.content == before.choices[0].message.content
     card = next(m for m in alice.models.list().data if m.id == done.fine_tuned_model)
     assert card.model_dump()["parent"] == "ft-chat"
+    # it runs as a LoRA adapter on the base's replicas: no application, no replica of its own
+    from ray import serve
+
+    messages = [e.message for e in events]
+    assert "Serving the adapter on ft-chat's replicas" in messages
+    assert not [m for m in messages if "restarted" in m], "its model joining the catalog restarted the job"
+    assert [name for name in serve.status().applications if name.startswith(f"{APP}-")] == [
+        f"{APP}-model-ft-chat",
+        f"{APP}-model-ft-enc",
+    ]
+    with ThreadPoolExecutor(4) as pool:  # sent together: rows of one batch, with and without the adapter
+        both = list(
+            pool.map(
+                lambda model: alice.chat.completions.create(
+                    model=model, messages=[{"role": "user", "content": QUESTION}]
+                ),
+                [done.fine_tuned_model, "ft-chat"] * 2,
+            )
+        )
+    assert [b.choices[0].message.content for b in both] == [
+        after.choices[0].message.content,
+        before.choices[0].message.content,
+    ] * 2
 
     # another tenant sees none of it
     bob = _client(ft, "bob")

@@ -457,3 +457,90 @@ def test_the_issue_catalog_passes_llmaas_check_against_the_committed_cluster(tmp
     assert main(["check", "--catalog", str(catalog), "--cluster", str(CLUSTER_YAML)]) == 0
     out = capsys.readouterr().out
     assert "ok  auto" in out and "replicas=0..38" in out  # one per GPU of the cluster at its largest
+
+
+# --- fine-tuning jobs ------------------------------------------------------------------------
+
+
+def _tuning(
+    num_workers: int = 1, cpus: float = 4, gpus: float = 1, jobs: int = 1, **more: Any
+) -> dict[str, Any]:
+    resources = {"num_workers": num_workers, "cpus_per_worker": cpus, "gpus_per_worker": gpus, **more}
+    return {"max_concurrent_jobs": jobs, "resources": resources}
+
+
+def test_training_jobs_are_counted_beside_serving_at_its_max():
+    from llmaas.capacity import check_training
+
+    cluster = _cluster({"gpu-1x": _gpu_type(1, 8, 3)})
+    serving = _model("a", replicas={"autoscaling": {"min_replicas": 1, "max_replicas": 2}})
+    fits = check_training(_catalog(serving, fine_tuning=_tuning()), cluster)
+    assert fits is not None and fits.problems == [] and fits.beside_max == 1 and fits.warning() is None
+    assert (
+        "1 job x 1 x {GPU: 1, CPU: 4}" in fits.line()
+        and "1 of 1 fit beside serving at its max" in fits.line()
+    )
+    # two jobs of one 1-GPU worker each: the third GPU node holds one, the other queues
+    busy = check_training(_catalog(serving, fine_tuning=_tuning(jobs=2)), cluster)
+    assert busy is not None and busy.problems == [] and busy.beside_max == 1
+    warning = busy.warning()
+    assert warning is not None and "1 of the 2 concurrent training jobs" in warning
+    assert "queue" in warning and "never takes a serving replica's resources" in warning
+    assert check_training(_catalog(serving), cluster) is None  # no fine_tuning section: nothing counted
+
+
+def test_a_job_spreads_its_workers_over_nodes_but_a_worker_must_fit_one():
+    from llmaas.capacity import check_training
+
+    cluster = _cluster({"gpu-1x": _gpu_type(1, 8, 2)})
+    spread = check_training(
+        _catalog(_model("m", gpus=0, cpus=1), fine_tuning=_tuning(num_workers=2)), cluster
+    )
+    assert spread is not None and spread.problems == [] and spread.beside_max == 1  # PACK: two nodes
+    too_big = check_training(_catalog(_model("m", gpus=0, cpus=1), fine_tuning=_tuning(gpus=2)), cluster)
+    assert too_big is not None and too_big.beside_max == 0 and too_big.warning() is None
+    [problem] = too_big.problems
+    assert problem.startswith("fine-tuning: one training worker needs {GPU: 2, CPU: 4}")
+    assert "fine_tuning.resources" in problem and "gpu-1x" in problem
+    many = check_training(_catalog(_model("m", gpus=0, cpus=1), fine_tuning=_tuning(num_workers=3)), cluster)
+    assert many is not None and len(many.problems) == 1 and "3 x {GPU: 1, CPU: 4}" in many.problems[0]
+    assert "fine_tuning.resources.num_workers" in many.problems[0]
+
+
+def test_llmaas_check_prints_the_jobs_and_warns_or_fails(tmp_path: Path, capsys):
+    from llmaas.cli import main
+
+    cluster = tmp_path / "cluster.yaml"
+    nodes = {
+        "head": {"resources": {"CPU": 8, "GPU": 0}, "node_config": {}},
+        "gpu-1x": _gpu_type(1, 8, 2),
+    }
+    cluster.write_text(
+        yaml.safe_dump(
+            {
+                "cluster_name": "t",
+                "max_workers": 2,
+                "provider": {"type": "aws", "region": "us-west-2"},
+                "head_node_type": "head",
+                "available_node_types": nodes,
+            }
+        )
+    )
+
+    def check(tuning: dict[str, Any]) -> int:
+        catalog = tmp_path / "catalog.yaml"
+        model = _model("m", source={"demo": "tiny-llama-chat"}, replicas={"num_replicas": 1})
+        catalog.write_text(yaml.safe_dump({"models": [model], "fine_tuning": tuning}))
+        return main(["check", "--catalog", str(catalog), "--cluster", str(cluster)])
+
+    assert check(_tuning()) == 0
+    seen = capsys.readouterr()
+    assert "ok  fine-tuning" in seen.out and "1 of 1 fit beside serving at its max" in seen.out
+    assert "warning" not in seen.err
+    assert check(_tuning(jobs=2)) == 0  # serving at its max leaves one GPU node: one job runs, one queues
+    seen = capsys.readouterr()
+    assert "1 of 2 fit" in seen.out and "warning: fine-tuning:" in seen.err and "queue" in seen.err
+    assert check(_tuning(gpus=4)) == 2
+    seen = capsys.readouterr()
+    assert "Traceback" not in seen.err and "one training worker needs {GPU: 4, CPU: 4}" in seen.err
+    assert "fine_tuning.resources" in seen.err

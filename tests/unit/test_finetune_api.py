@@ -11,11 +11,13 @@ import pytest
 
 from llmaas.config.catalog import Catalog
 from llmaas.config.fine_tuning import FineTuningConfig
-from llmaas.errors import Conflict, NotFound, PlatformError
+from llmaas.errors import Conflict, NotFound, PlatformError, RateLimited
 from llmaas.finetune.files import Files
 from llmaas.finetune.jobs import Jobs, fine_tuned_model_id
 from llmaas.finetune.store import FineTuneStore, JobRecord
 from llmaas.finetune.uploads import Upload
+from llmaas.gateway.keys import KeyRequest, make_key
+from llmaas.openai.errors import to_openai_error
 from llmaas.openai.protocol.fine_tuning import CreateFineTuningJob
 
 CHAT = {
@@ -30,6 +32,8 @@ def _catalog() -> Catalog:
             "models": [
                 {"id": "chat", "source": {"demo": "tiny-llama-chat"}},
                 {"id": "enc", "task": "embed", "source": {"demo": "all-minilm-l6-v2"}},
+                # a fine-tuned model served as an adapter: not a base of its own
+                {"id": "ft:chat:k::j", "adapter_of": "chat", "source": {"path": "/adapters/j"}},
             ]
         }
     )
@@ -111,6 +115,7 @@ def test_a_job_is_queued_with_its_auto_values_resolved(tmp_path: Path):
     ("fields", "param"),
     [
         ({"model": "nope"}, "model"),
+        ({"model": "ft:chat:k::j"}, "model"),
         ({"training_file": "file-missing"}, "training_file"),
         ({"task": "classification"}, "training_file"),  # chat lines cannot train a classifier
         ({"n_epochs": 10_000}, None),
@@ -171,3 +176,67 @@ def test_cancel_ends_a_queued_job_once(tmp_path: Path):
         asyncio.run(world.jobs.cancel(job.id, "key-a", False, stop))
     with pytest.raises(NotFound):
         asyncio.run(world.jobs.cancel(job.id, "key-b", False, stop))
+
+
+def _keyed(tmp: Path, **limits: Any) -> tuple[World, str]:
+    """A world whose jobs read key limits from the gateway's store (the same database), and a key."""
+    world = World(tmp)
+    key = make_key(KeyRequest(name="tuner", **limits)).key
+    world.store.db.create_key(key)
+    world.jobs.keys = world.store.db
+    return world, key.id
+
+
+def test_a_keys_concurrent_jobs_limit_refuses_at_creation_with_the_numbers(tmp_path: Path):
+    world, key = _keyed(tmp_path, max_fine_tuning_jobs=2)
+    training = world.upload([CHAT] * 3, owner=key)
+
+    def create() -> str:
+        return asyncio.run(
+            world.jobs.create(CreateFineTuningJob(model="chat", training_file=training), key)
+        ).id
+
+    first = create()
+    create()
+    with pytest.raises(RateLimited) as refused:
+        create()
+    seen = to_openai_error(refused.value)
+    assert (seen.status, seen.type, seen.code) == (429, "rate_limit_error", "fine_tuning_jobs_limit")
+    assert (
+        "2 of its jobs are queued or running" in seen.message and "max_fine_tuning_jobs) is 2" in seen.message
+    )
+    assert len(world.store.owned(JobRecord, key)) == 2 and world.woken == 2
+
+    async def stop(job_id: str) -> None:
+        pass
+
+    asyncio.run(world.jobs.cancel(first, key, False, stop))  # a cancelled job frees its place
+    create()
+    assert len(world.store.owned(JobRecord, None, everyone=True)) == 3
+
+
+def test_a_keys_trained_tokens_limit_counts_succeeded_and_unfinished_jobs(tmp_path: Path):
+    world, key = _keyed(tmp_path, max_trained_tokens=5000)
+    training = world.upload([CHAT] * 3, owner=key)  # 300 tokens x 10 epochs ("auto") = 3000
+
+    def create() -> str:
+        return asyncio.run(
+            world.jobs.create(CreateFineTuningJob(model="chat", training_file=training), key)
+        ).id
+
+    first = create()
+    record = world.store.get(JobRecord, first)
+    assert record is not None and record.planned_tokens == 3000
+    with pytest.raises(RateLimited) as refused:
+        create()  # 3000 planned + 3000 > 5000
+    seen = to_openai_error(refused.value)
+    assert (seen.status, seen.code) == (429, "trained_tokens_limit")
+    assert "would train on 3000 tokens" in seen.message and "used 3000 of its 5000" in seen.message
+    record.status, record.trained_tokens = "succeeded", 1000  # it trained on less than planned
+    world.store.put(record)
+    create()  # 1000 trained + 3000 planned <= 5000
+    with pytest.raises(RateLimited, match="used 4000 of its 5000"):
+        create()
+    # another key, and a key without limits, are not held back by this one's
+    other = world.upload([CHAT] * 3, owner="key-free")
+    asyncio.run(world.jobs.create(CreateFineTuningJob(model="chat", training_file=other), "key-free"))

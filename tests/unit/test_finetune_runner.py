@@ -169,8 +169,35 @@ def test_a_job_trains_records_its_progress_and_succeeds_once_its_model_answers(t
     asyncio.run(main())
 
 
+def test_a_succeeded_jobs_trained_tokens_land_in_the_usage_ledger(tmp_path: Path):
+    world = World(tmp_path)
+    world.jobs.ledger = world.store.db  # the gateway's store: the same database by default
+
+    async def main() -> None:
+        world.runner.start_loop()
+        job_id = await world.job()
+        world.gate.set()
+        job = await world.until(job_id, "succeeded")
+        await world.runner.stop_loop()
+        rows = world.store.db.usage_rows()
+        assert [
+            (r.kind, r.request_id, r.key_id, r.model, r.fine_tuned_model, r.trained_tokens) for r in rows
+        ] == [("fine_tuning", job_id, "key-a", "enc", job.fine_tuned_model, 42)]
+        [summary] = world.store.db.usage()
+        assert (summary.key_id, summary.model, summary.fine_tuning_jobs, summary.trained_tokens) == (
+            "key-a",
+            "enc",
+            1,
+            42,
+        )
+        assert summary.requests == 0 and summary.mean_latency_ms == 0.0  # a job is not a request
+
+    asyncio.run(main())
+
+
 def test_a_failed_run_fails_the_job_with_its_reason(tmp_path: Path):
     world = World(tmp_path, outcome="fail")
+    world.jobs.ledger = world.store.db
     world.gate.set()
 
     async def main() -> None:
@@ -178,6 +205,7 @@ def test_a_failed_run_fails_the_job_with_its_reason(tmp_path: Path):
         job = await world.until(await world.job(), "failed")
         assert job.error is not None and "out of memory" in job.error.message
         assert job.fine_tuned_model is None and world.registrar.entries == {}
+        assert world.store.db.usage_rows() == []  # only a succeeded job is charged
         await world.runner.stop_loop()
 
     asyncio.run(main())

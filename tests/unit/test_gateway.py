@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -196,10 +197,22 @@ def store(store_url: str) -> Iterator[Store]:
 
 
 def test_store_keys_round_trip(store: Store, store_url: str):
-    made = make_key(KeyRequest(name="alice", models=["a", "b"], rpm=5, tpm=100, admin=True))
+    made = make_key(
+        KeyRequest(
+            name="alice",
+            models=["a", "b"],
+            rpm=5,
+            tpm=100,
+            admin=True,
+            max_fine_tuning_jobs=2,
+            max_trained_tokens=9,
+        )
+    )
     store.create_key(made.key)
     again = open_store(store_url)  # another process's view
     assert again.key_by_hash(made.key.key_hash) == made.key
+    assert again.key_by_id(made.key.id) == made.key and again.key_by_id("key_nope") is None
+    assert (made.key.max_fine_tuning_jobs, made.key.max_trained_tokens) == (2, 9)
     assert [k.id for k in again.all_keys()] == [made.key.id]
     assert again.key_by_hash(hash_secret("nope")) is None
     assert store.revoke_key(made.key.id, at=5.0)
@@ -221,6 +234,105 @@ def test_store_usage_rows_and_summary(store: Store, store_url: str):
     assert summary[(None, "e")].requests == 1
     assert [s.requests for s in again.usage(since=1003.0)] == [1, 1]
     again.close()
+
+
+def _job_row(i: int, key_id: str | None = "key_a", trained: int = 1000) -> UsageRow:
+    return UsageRow(
+        request_id=f"ftjob-{i}",
+        key_id=key_id,
+        model="m",
+        route="/v1/fine_tuning/jobs",
+        status=200,
+        prompt_tokens=0,
+        completion_tokens=0,
+        latency_ms=600_000.0,
+        created_at=1000.0 + i,
+        kind="fine_tuning",
+        trained_tokens=trained,
+        fine_tuned_model=f"ft:m:{key_id}::ftjob-{i}",
+    )
+
+
+def test_fine_tuning_rows_sum_trained_tokens_beside_the_requests(store: Store, store_url: str):
+    store.add_usage(
+        [_row(0), _row(1, status=500), _job_row(2), _job_row(3, trained=500), _job_row(4, "key_b")]
+    )
+    again = open_store(store_url)
+    assert again.usage_rows()[2] == _job_row(2)
+    summary = {(s.key_id, s.model): s for s in again.usage()}
+    a = summary[("key_a", "m")]
+    assert (a.requests, a.errors, a.mean_latency_ms) == (2, 1, 12.5)  # the jobs are no requests
+    assert (a.fine_tuning_jobs, a.trained_tokens, a.prompt_tokens) == (2, 1500, 20)
+    b = summary[("key_b", "m")]
+    assert (b.requests, b.fine_tuning_jobs, b.trained_tokens, b.mean_latency_ms) == (0, 1, 1000, 0.0)
+    again.close()
+
+
+def test_a_database_from_before_gains_the_new_columns(tmp_path: Path):
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.execute(
+        "CREATE TABLE api_keys (id TEXT PRIMARY KEY, name TEXT NOT NULL, key_hash TEXT NOT NULL UNIQUE, "
+        "prefix TEXT NOT NULL, admin BOOLEAN NOT NULL, models TEXT, rpm INTEGER, tpm INTEGER, "
+        "created_at DOUBLE PRECISION NOT NULL, expires_at DOUBLE PRECISION, revoked_at DOUBLE PRECISION)"
+    )
+    conn.execute(
+        "CREATE TABLE usage (request_id TEXT NOT NULL, key_id TEXT, model TEXT NOT NULL, "
+        "route TEXT NOT NULL, status INTEGER NOT NULL, prompt_tokens INTEGER NOT NULL, "
+        "completion_tokens INTEGER NOT NULL, "
+        "latency_ms DOUBLE PRECISION NOT NULL, created_at DOUBLE PRECISION NOT NULL)"
+    )
+    conn.execute(
+        "INSERT INTO api_keys VALUES ('key_old', 'old', 'h', 'llmaas-abcd', 0, NULL, 5, NULL, 1, NULL, NULL)"
+    )
+    conn.execute(
+        "INSERT INTO usage VALUES ('r0', 'key_old', 'm', '/v1/chat/completions', 200, 10, 5, 12.5, 1000)"
+    )
+    conn.commit()
+    conn.close()
+    store = open_store(f"sqlite:///{path}")
+    old = store.key_by_id("key_old")
+    assert (
+        old is not None
+        and old.rpm == 5
+        and old.max_fine_tuning_jobs is None
+        and old.max_trained_tokens is None
+    )
+    [row] = store.usage_rows()
+    assert (row.kind, row.trained_tokens, row.fine_tuned_model, row.cached) == ("request", 0, None, False)
+    store.add_usage([_job_row(1, "key_old")])
+    [summary] = store.usage()
+    assert (summary.requests, summary.fine_tuning_jobs, summary.trained_tokens) == (1, 1, 1000)
+    store.close()
+
+
+def test_the_cli_makes_keys_with_fine_tuning_limits_and_shows_trained_tokens(tmp_path: Path, capsys):
+    import argparse
+
+    from llmaas.gateway.admin_cli import add_parsers
+
+    parser = argparse.ArgumentParser()
+    add_parsers(parser.add_subparsers())
+    url = f"sqlite:///{tmp_path / 'gw.db'}"
+    args = parser.parse_args(
+        [
+            *("keys", "create", "--name", "t", "--max-fine-tuning-jobs", "2", "--max-trained-tokens", "5000"),
+            *("--database", url, "--json"),
+        ]
+    )
+    assert args.func(args) == 0
+    made = json.loads(capsys.readouterr().out)
+    assert (made["max_fine_tuning_jobs"], made["max_trained_tokens"]) == (2, 5000)
+    args = parser.parse_args(["keys", "list", "--database", url])
+    assert args.func(args) == 0
+    assert "ft jobs 2, trained 5000" in capsys.readouterr().out
+    store = open_store(url)
+    store.add_usage([_job_row(1, made["id"], trained=4321)])
+    store.close()
+    args = parser.parse_args(["usage", "--database", url])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "trained tok" in out and out.splitlines()[1].split()[-2:] == ["1", "4321"]
 
 
 def test_sqlite_store_is_in_wal_mode(tmp_path: Path):

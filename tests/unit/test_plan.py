@@ -11,6 +11,8 @@ from llmaas.plan import (
     FRONT_IMPORT_PATH,
     MODEL_IMPORT_PATH,
     POOL_IMPORT_PATH,
+    PREFIX_ROUTER,
+    ModelArgs,
     model_deployment,
     plan_catalog,
     worker_actor_options,
@@ -160,3 +162,34 @@ def test_fine_tuning_is_a_front_deployment_that_takes_the_catalog_live():
     assert tuning.override() == {"name": "fine-tuning", "user_config": plan.deployment("router").user_config}
     assert "fine-tuning" not in [d.name for d in plan_catalog(catalog, shape="single").deployments]
     assert "fine-tuning" not in [d.name for d in plan_catalog(_catalog(A)).front.deployments]
+
+
+def test_generating_models_route_by_prefix_and_pools_and_encoders_do_not():
+    routed = {"prefix_cache": {"routing": True}}
+    catalog = _catalog(
+        {**A, **routed},
+        {**B, **routed},
+        *POOLED,
+        {"id": "e", "task": "embed", "source": {"demo": "all-minilm-l6-v2"}, "replicas": {"num_replicas": 2}},
+        {**B, "id": "off", "prefix_cache": {"enabled": False, "routing": True}},
+        {**B, "id": "unrouted"},  # the default: Serve's own router
+        pools=POOLS,
+    )
+    plan = plan_catalog(catalog)
+    router = plan.deployment("model-b_chat").serve_options()["request_router_config"]
+    assert router == {
+        "request_router_class": PREFIX_ROUTER,
+        "request_router_kwargs": {"block_size": 16, "imbalanced_threshold": 8},
+    }
+    for name in ("pool-small", "model-e", "model-off", "model-unrouted"):
+        assert "request_router_config" not in plan.deployment(name).serve_options(), name
+    # NOTE: a one-replica model gets it too: `llmaas deploy` builds a model from args without its
+    # replica counts, and an override of the router would restart the model when it scales past one
+    assert plan.deployment("model-a").request_router == plan.deployment("model-b_chat").request_router
+    # so the model's own application (args without replicas) binds what the plan says, and the
+    # live override leaves it alone
+    app = next(app for app in plan.applications if app.name == "llm-model-b_chat")
+    built = model_deployment(ModelArgs.model_validate(app.args).model, "")
+    assert built.serve_options()["request_router_config"] == router
+    assert all("request_router_config" not in d for a in plan.serve_config() for d in a["deployments"])
+    ServeDeploySchema.model_validate({"applications": plan.serve_config("/")})

@@ -16,23 +16,18 @@ from llmaas.engine.deepspeed_engine import DeepSpeedEngine
 from llmaas.engine.prefix_cache import PrefixCache, block_hashes
 from llmaas.engine.runner import ShardRunner
 from llmaas.engine.types import GenerationRequest, SamplingParams
+from tests.engines import start_engine, stop_engine
 
 BLOCK = 4
 
 
 def _engine(path: Path, **prefix_cache: Any) -> tuple[DeepSpeedEngine, asyncio.AbstractEventLoop]:
-    spec = ModelSpec.model_validate(
-        {
-            "id": "pc",
-            "source": {"demo": "tiny-llama-chat"},
-            "batching": {"max_batch_size": 8, "batch_wait_ms": 20},
-            "prefix_cache": {"block_size": BLOCK, **prefix_cache},
-        }
+    return start_engine(
+        path,
+        id="pc",
+        batching={"max_batch_size": 8, "batch_wait_ms": 20},
+        prefix_cache={"block_size": BLOCK, **prefix_cache},
     )
-    eng = DeepSpeedEngine(spec, path)
-    loop = asyncio.new_event_loop()
-    loop.run_until_complete(eng.start())
-    return eng, loop
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +39,7 @@ def engines(chat_model_path: Path):
     }
     yield made
     for eng, loop in made.values():
-        loop.run_until_complete(eng.shutdown())
-        loop.close()
+        stop_engine(eng, loop)
 
 
 @pytest.fixture(scope="module")

@@ -133,6 +133,23 @@ class BatchingConfig(BaseConfig):
         ge=0,
         description="Requests Serve holds for this model when every replica is full; more get 503.",
     )
+    chunked_prefill: bool = Field(
+        default=True,
+        description=(
+            "A prompt of more than four chunks that arrives while others decode is prefilled in chunks,"
+            " one per decode step, so running streams keep their pace (vLLM's chunked prefill)."
+            " Off: it is prefilled whole, and every running stream waits for it."
+        ),
+    )
+    prefill_chunk_tokens: int | None = Field(
+        default=None,
+        ge=16,
+        description=(
+            "Prompt tokens per chunk. Unset: sized on each replica from its measured step times, so"
+            " that a chunk takes about as long as one decode step of the running batch (a stream's"
+            " gap between tokens stays within about twice its usual one, on any hardware)."
+        ),
+    )
 
 
 class PrefixCacheConfig(BaseConfig):
@@ -149,6 +166,14 @@ class PrefixCacheConfig(BaseConfig):
         ge=0,
         description="Prompt tokens whose KV the cache holds per replica, besides the running batch's"
         " KV budget (batching.kv_cache_bytes). Unset: a quarter of that budget, at most 512 MiB.",
+    )
+    routing: bool = Field(
+        # NOTE: off by default: with it on, CI's requests that fan out past a replica's
+        # max_ongoing_requests (n=16, batched prompts, lm-eval) waited until they timed out
+        default=False,
+        description="With several replicas, send requests that share a prompt prefix to the replica"
+        " that served it, so its cache hits (llmaas.routing); off: Serve's default router, which"
+        " spreads them. Generating models only; no effect while the cache is off. Experimental.",
     )
 
 
@@ -378,6 +403,21 @@ class ModelSpec(BaseConfig):
             " few replicas, loaded on demand, least recently used evicted); the pool sizes it."
         ),
     )
+    adapter_of: str | None = Field(
+        default=None,
+        description=(
+            "Serve this entry as a LoRA adapter (source.path: PEFT's adapter directory) on the"
+            " replicas of that catalog model, in the same batches as its other requests; it has no"
+            " deployment, resources or batching of its own. The base must run unsharded, without"
+            " kernel injection or quantization (otherwise merge the adapter into a copy)."
+        ),
+    )
+    max_adapters: int = Field(
+        default=8,
+        ge=1,
+        le=256,
+        description="LoRA adapters a replica of this model holds at once (least recently used let go).",
+    )
 
     @field_validator("dtype", mode="before")
     @classmethod
@@ -439,6 +479,13 @@ class ModelSpec(BaseConfig):
             raise ValueError(
                 f"model {self.id!r}: a tensor-parallel rank needs a whole GPU; set resources.num_gpus: 1"
             )
+        if self.adapter_of is not None and (self.source.path is None or self.task is not Task.GENERATE):
+            raise ValueError(
+                f"model {self.id!r}: an adapter (adapter_of) is a generate model whose source.path is"
+                " its PEFT adapter directory"
+            )
+        if self.adapter_of is not None and self.pool is not None:
+            raise ValueError(f"model {self.id!r}: an adapter runs on its base's replicas, not in a pool")
         if self.pool is not None and self.tensor_parallel_size > 1:
             raise ValueError(
                 f"model {self.id!r}: a pooled model runs unsharded; set tensor_parallel_size: 1 "
@@ -531,6 +578,18 @@ class PoolConfig(BaseConfig):
     resources: WorkerResources = Field(default_factory=WorkerResources)
 
 
+def unservable_adapters(base: ModelSpec) -> str:
+    """Why LoRA adapters cannot run on ``base``'s replicas ("" where they can): PEFT's layers wrap
+    plain, unsharded linear layers."""
+    if base.tensor_parallel_size > 1:
+        return "it is tensor-parallel"
+    if base.kernel_inject:
+        return "DeepSpeed kernel injection replaces its linear layers"
+    if base.quantization != "none":
+        return "its weights are quantized"
+    return ""
+
+
 class Catalog(BaseConfig):
     """The whole catalog file."""
 
@@ -595,11 +654,35 @@ class Catalog(BaseConfig):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _adapters(self) -> Catalog:
+        for spec in self.models:
+            if spec.adapter_of is None:
+                continue
+            base = self.get(spec.adapter_of)
+            where = f"model {spec.id!r}: adapter_of {spec.adapter_of!r}"
+            if base is None:
+                raise ValueError(f"{where} is not a model of the catalog")
+            if base.adapter_of is not None or base.task is not Task.GENERATE or base.pool is not None:
+                raise ValueError(f"{where} must be a generate model with a deployment of its own")
+            why = unservable_adapters(base)
+            if why:
+                raise ValueError(f"{where} cannot run adapters: {why}")
+        return self
+
+    def base_of(self, spec: ModelSpec) -> ModelSpec:
+        """The model whose replicas serve ``spec``: its base for an adapter, else itself."""
+        return (self.get(spec.adapter_of) or spec) if spec.adapter_of is not None else spec
+
+    def adapters_of(self, spec: ModelSpec) -> list[ModelSpec]:
+        return [m for m in self.models if m.adapter_of == spec.id]
+
     def pool_members(self, name: str) -> list[ModelSpec]:
         return [spec for spec in self.models if spec.pool == name]
 
     def deployment_of(self, spec: ModelSpec) -> str:
-        """The Serve deployment that serves ``spec``: its own, or its pool's."""
+        """The Serve deployment that serves ``spec``: its own, its pool's, or its base's (an adapter)."""
+        spec = self.base_of(spec)
         return pool_deployment_name(spec.pool) if spec.pool else deployment_name(spec.id)
 
     def get(self, model_id: str) -> ModelSpec | None:

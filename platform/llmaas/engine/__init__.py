@@ -9,6 +9,7 @@ from llmaas.config.catalog import ModelSpec, Task
 from llmaas.engine.errors import EngineError, EngineNotReady, EngineOverloaded, UnsupportedTask
 from llmaas.engine.protocol import Engine
 from llmaas.engine.types import (
+    AdapterRef,
     EngineHealth,
     FinishReason,
     GenerationChunk,
@@ -78,6 +79,7 @@ def default_engine_cls(spec: ModelSpec) -> type[Engine]:
 
 
 __all__ = [
+    "AdapterRef",
     "Engine",
     "EngineError",
     "EngineHealth",

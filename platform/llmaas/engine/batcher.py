@@ -5,6 +5,11 @@ Requests join the running batch between decode steps: newcomers are prefilled to
 one, left-padded to a common length. A finished or cancelled row leaves at the next step,
 and cache columns that became padding in every row are dropped.
 
+Chunked prefill: a prompt of more than four chunks that arrives while others decode is prefilled a
+chunk per decode step, in a KV cache of its own (``_Chunking``), and joins the batch with its last
+chunk; running streams keep stepping meanwhile. Unless the catalog fixes the chunk size, it is
+sized from measured step times so that a chunk costs about one decode step of the running batch.
+
 The model runs in one background thread (torch releases the GIL in its kernels), so the
 replica's event loop keeps streaming tokens and taking requests while a step runs.
 
@@ -18,11 +23,12 @@ with finish reason ``stop``.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -47,6 +53,13 @@ logger = logging.getLogger(__name__)
 #: may exceed it). NOTE: only those rows pay for logits at every position; the others are
 #: prefilled apart, with the last position's logits only.
 PROMPT_LOGITS_BYTES = 256 * 2**20
+#: Chunked prefill: the first chunk size before any step was timed, and the least one (below it,
+#: a step's fixed cost dominates and the prompt would take too many steps).
+FIRST_CHUNK_TOKENS = 64
+MIN_CHUNK_TOKENS = 16
+#: A prompt is prefilled in chunks when it holds more than this many chunks: a shorter one stalls the
+#: running streams for a few steps at most, and every chunk costs a forward pass of its own.
+LONG_PROMPT_CHUNKS = 4
 
 
 @dataclass(eq=False)
@@ -71,6 +84,11 @@ class Sequence:
         return len(self.request.prompt_token_ids)
 
     @property
+    def adapter(self) -> str:
+        """The LoRA adapter this sequence runs with ("": the base weights)."""
+        return self.request.adapter.name if self.request.adapter is not None else ""
+
+    @property
     def scores_only(self) -> bool:
         """Prompt logprobs and nothing generated (``max_tokens`` 0, an echo): one forward pass."""
         return self.max_new_tokens == 0 and self.request.sampling.prompt_logprobs is not None
@@ -85,6 +103,15 @@ class Sequence:
             self.loop.call_soon_threadsafe(self.out.put_nowait, chunk)
         except RuntimeError:  # the replica's event loop is closed: nobody is listening any more
             self.cancelled = True
+
+
+@dataclass
+class _Chunking:
+    """The one prompt being prefilled in chunks; its KV so far is held by the runner (``partial``)."""
+
+    seq: Sequence
+    done: int = 0  # prompt tokens whose KV is held (the cached prefix included)
+    started: bool = False  # a chunk ran: the next step resumes the runner's partial cache
 
 
 @dataclass
@@ -104,6 +131,18 @@ class _Batch:
     def clear(self) -> None:
         self.rows, self.pending, self.alive = [], [], []
         self.mask = self.last_pos = None
+
+
+def chunk_size(tokens: int, seconds: float, target_s: float, *, most: int) -> int:
+    """The next chunk size, after a chunk of ``tokens`` took ``seconds``, for chunks of ``target_s``.
+
+    NOTE: a step costs about ``a + b * tokens``; scaling the size by target / measured converges
+    to the size whose step takes the target (each update shrinks the error by ``a / target``).
+    Below ``MIN_CHUNK_TOKENS`` a step's fixed cost would dominate: the prompt would take too long.
+    """
+    if target_s <= 0 or seconds <= 0:
+        return max(MIN_CHUNK_TOKENS, min(most, tokens))
+    return max(MIN_CHUNK_TOKENS, min(most, round(tokens * target_s / seconds)))
 
 
 def left_pad(mask: torch.Tensor, width: int) -> torch.Tensor:
@@ -140,6 +179,10 @@ class BatchScheduler:
         self.prefix_cache = prefix_cache  # None: every prompt is prefilled whole
         self.prefix_cache_state = prefix_cache_state  # "on" or "off: <why>"
         self._waiting: queue.Queue[Sequence] = queue.Queue()
+        # work that must run between steps, on the model thread (loading an adapter changes the model)
+        self._between_steps: queue.Queue[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = (
+            queue.Queue()
+        )
         self._running = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -150,6 +193,10 @@ class BatchScheduler:
         self.kv_peak_tokens = 0
         self.kv_deferred = 0  # admissions deferred because the KV cache was full
         self._deferred: Sequence | None = None
+        self._chunking: _Chunking | None = None  # the prompt being prefilled in chunks
+        self.chunk_tokens = spec.batching.prefill_chunk_tokens or FIRST_CHUNK_TOKENS
+        self.chunked_prompts = 0  # prompts prefilled in chunks
+        self._decode_s = 0.0  # moving average of a decode step's time (sizes the chunks)
         self._ended: list[tuple[Sequence, GenerationChunk]] = []  # last chunks of this step
         self._live: set[Sequence] = set()  # every sequence a caller still waits on (event loop side)
         self.failed = False
@@ -221,6 +268,34 @@ class BatchScheduler:
             if not seq.done:
                 seq.cancelled = True  # the model thread drops it at the next step
 
+    async def between_steps(self, work: Callable[[], Any]) -> Any:
+        """Run ``work`` on the model thread between two steps (at once while the thread is not up)."""
+        if not self.alive:
+            return await asyncio.to_thread(work)
+        return await asyncio.wrap_future(self.queue_between_steps(work))
+
+    def queue_between_steps(self, work: Callable[[], Any]) -> concurrent.futures.Future[Any]:
+        """Queue ``work`` for the model thread, between two steps, in order; its future, from any thread."""
+        done: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._between_steps.put((work, done))
+        return done
+
+    def uses_adapter(self, name: str) -> bool:
+        """Whether a sequence a caller waits on runs with adapter ``name`` (event-loop side)."""
+        return any(seq.adapter == name for seq in list(self._live))
+
+    def _run_between_steps(self) -> None:
+        while True:
+            try:
+                work, done = self._between_steps.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                done.set_result(work())
+            except Exception as exc:  # the caller gets it; the loop goes on
+                logger.warning("work between steps on %s failed: %s", self.spec.id, exc)
+                done.set_exception(exc)
+
     def shutdown(self) -> None:
         self._stop.set()
         if self.grammars is not None:
@@ -233,20 +308,25 @@ class BatchScheduler:
         batch = _Batch()
         while not self._stop.is_set():
             joining: list[Sequence] = []
+            self._run_between_steps()
             try:
                 joining = self._admit(batch)
                 if joining:
                     self._join(batch, joining)
+                if self._chunking is not None:
+                    self._prefill_chunk(batch, self._chunking)
                 if batch.rows:
                     self._decode(batch)
             except Exception as exc:  # a failed step must end every request in it, not hang them
                 logger.exception("step failed on %s", self.spec.id)
                 self.last_error = f"{type(exc).__name__}: {exc}"
-                for seq in {id(s): s for s in [*batch.rows, *joining]}.values():
+                chunked = [self._chunking.seq] if self._chunking is not None else []
+                for seq in {id(s): s for s in [*batch.rows, *joining, *chunked]}.values():
                     if not seq.done:
                         self._finish(seq, FinishReason.ABORT, error=f"generation failed: {self.last_error}")
                 batch = _Batch()
-            self._running = batch.num_alive
+                self._chunking = None
+            self._running = batch.num_alive + (self._chunking is not None)
             self.kv_used_tokens = 0 if batch.mask is None or not batch.rows else batch.mask.numel()
             self.kv_peak_tokens = max(self.kv_peak_tokens, self.kv_used_tokens)
             # NOTE: last chunks go out after the counts above: a caller that has its whole answer
@@ -276,15 +356,16 @@ class BatchScheduler:
         """
         limits = self.spec.batching
         running = [s for s, a in zip(batch.rows, batch.alive, strict=True) if a and not s.cancelled]
-        free = limits.max_batch_size - len(running)
+        chunking = [self._chunking.seq] if self._chunking is not None else []
+        free = limits.max_batch_size - len(running) - len(chunking)
         if free <= 0 or (running and not self.runner.supports_join):
             return []
-        idle = not running
+        idle = not running and not chunking
         # NOTE: rows that just finished stay in the cache until the next decode step drops
         # them, so they count against the budget at their current width.
-        held = len(batch.rows) if running else 0
+        held = (len(batch.rows) if running else 0) + len(chunking)
         width = batch.mask.shape[1] if running and batch.mask is not None else 0
-        reserve = max([width, *(s.final_len for s in running)])
+        reserve = max([width, *(s.final_len for s in [*running, *chunking])])
         new: list[Sequence] = []
         longest = 0
         deadline = time.monotonic()
@@ -297,12 +378,23 @@ class BatchScheduler:
                 seq.done = True
                 continue
             uncached = seq.prompt_len - self._cached_estimate(seq)
+            chunked = running and self._chunks(seq, uncached)
             too_many_tokens = new and max(longest, uncached) * (len(new) + 1) > limits.max_batch_tokens
             over_budget = not self.kv_budget.fits(held + len(new) + 1, max(reserve, seq.final_len))
-            if too_many_tokens or (over_budget and (running or new)):
+            if (
+                (too_many_tokens and not chunked)
+                or (over_budget and (running or new or chunking))
+                or (chunked and self._chunking is not None)  # one chunked prompt at a time
+            ):
                 self._deferred = seq  # first in line for the next step
                 self.kv_deferred += int(bool(over_budget))
                 break
+            if chunked:
+                self._chunking = _Chunking(seq)
+                self.chunked_prompts += 1
+                held += 1
+                reserve = max(reserve, seq.final_len)
+                continue
             if idle and not new:  # an idle engine waits for company from its first arrival on
                 deadline = time.monotonic() + limits.batch_wait_ms / 1000.0
             new.append(seq)
@@ -322,6 +414,77 @@ class BatchScheduler:
             else:
                 self._finish(seq, FinishReason.LENGTH)
         return live
+
+    def _chunks(self, seq: Sequence, uncached: int) -> bool:
+        """Whether ``seq`` (``uncached`` prompt tokens to run) is prefilled in chunks."""
+        params = seq.request.sampling
+        return (
+            self.spec.batching.chunked_prefill
+            and self.runner.supports_chunked_prefill
+            and params.prompt_logprobs is None
+            and seq.max_new_tokens > 0
+            and uncached > LONG_PROMPT_CHUNKS * self.chunk_tokens
+        )
+
+    def _prefill_chunk(self, batch: _Batch, chunking: _Chunking) -> None:
+        """Run the next chunk of the prompt being prefilled in chunks; its last joins the batch.
+
+        NOTE: with nobody decoding any more, the rest of the prompt runs in one step: there is no
+        stream left to keep at pace.
+        """
+        seq = chunking.seq
+        if seq.cancelled:
+            seq.done = True
+            self._chunking = None  # NOTE: the runner lets its partial KV go with the next chunked prompt
+            return
+        cache = self.prefix_cache
+        prefix = None
+        if not chunking.started and cache is not None:
+            seq.cached_tokens = self._cached_estimate(seq)
+            part = cache.take(seq.prefix_keys or [], seq.cached_tokens, seq.prompt_len)
+            prefix = part.unsqueeze(2) if part is not None else None
+            chunking.done = seq.cached_tokens
+        start = chunking.done
+        last = batch.num_alive == 0 or seq.prompt_len - start <= self.chunk_tokens
+        end = seq.prompt_len if last else start + self.chunk_tokens
+        ids = torch.tensor([seq.request.prompt_token_ids[start:end]], dtype=torch.long)
+        positions = torch.arange(start, end, dtype=torch.long).unsqueeze(0)
+        mask = torch.ones((1, end), dtype=torch.long)
+        if batch.num_alive == 0:
+            batch.clear()
+        kind: Literal["chunk", "join", "prefill"] = "join" if batch.rows else "prefill"
+        if not last:
+            kind = "chunk"
+        keep_kv = last and cache is not None and bool(cache.missing(seq.prefix_keys or []))
+        started = time.perf_counter()
+        logits = self.runner.step(
+            StepInput(
+                kind,
+                ids,
+                mask,
+                positions,
+                prefix_kv=prefix,
+                keep_kv=keep_kv,
+                resume=chunking.started,
+                adapters=(seq.adapter,),
+            )
+        )
+        self.steps += 1
+        chunking.started, chunking.done = True, end
+        if not last:
+            self._size_chunks(end - start, time.perf_counter() - started)
+            return
+        self._chunking = None
+        if cache is not None and keep_kv:
+            self._store_prefixes(cache, [seq], seq.prompt_len)
+        self._add_rows(batch, [seq], mask, positions[:, -1], logits)
+
+    def _size_chunks(self, tokens: int, seconds: float) -> None:
+        """Resize the chunks so that one costs about one decode step (unless the catalog fixed it)."""
+        if self.spec.batching.prefill_chunk_tokens is None:
+            self.chunk_tokens = chunk_size(
+                tokens, seconds, self._decode_s, most=self.spec.batching.max_batch_tokens
+            )
 
     def _join(self, batch: _Batch, new: list[Sequence]) -> None:
         """Prefill ``new`` and merge it into the running batch (left-padded to a common length).
@@ -374,7 +537,7 @@ class BatchScheduler:
         if cache is None or seq.request.sampling.prompt_logprobs is not None:
             return 0
         if seq.prefix_keys is None:
-            seq.prefix_keys = cache.keys(seq.request.prompt_token_ids, seq.request.cache_salt)
+            seq.prefix_keys = cache.keys(seq.request.prompt_token_ids, seq.request.prefix_salt)
         return cache.match(seq.prefix_keys, seq.prompt_len) * cache.block_size
 
     def _prefill(self, batch: _Batch, new: list[Sequence], *, all_logits: bool, score: bool = False) -> None:
@@ -397,7 +560,8 @@ class BatchScheduler:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         kind: Literal["prefill", "join", "score"] = "score" if score else "join" if batch.rows else "prefill"
         cache = None if all_logits or score else self.prefix_cache
-        step = StepInput(kind, ids, mask, positions, all_logits=all_logits)
+        adapters = tuple(seq.adapter for seq in new)
+        step = StepInput(kind, ids, mask, positions, all_logits=all_logits, adapters=adapters)
         if cache is not None:
             step = self._with_prefix(cache, new, step, width)
         logits = self.runner.step(step)
@@ -413,12 +577,23 @@ class BatchScheduler:
             for seq in new:
                 self._finish(seq, FinishReason.LENGTH)
             return
+        self._add_rows(batch, new, mask, positions[:, -1], logits)
+
+    def _add_rows(
+        self,
+        batch: _Batch,
+        new: list[Sequence],
+        mask: torch.Tensor,
+        last_pos: torch.Tensor,
+        logits: torch.Tensor,
+    ) -> None:
+        """Add prefilled rows to the running batch (their KV joined it) and sample their first tokens."""
         if batch.mask is None or batch.last_pos is None:
-            batch.mask, batch.last_pos = mask, positions[:, -1]
+            batch.mask, batch.last_pos = mask, last_pos
         else:
-            total = max(batch.mask.shape[1], width)
+            total = max(batch.mask.shape[1], mask.shape[1])
             batch.mask = torch.cat([left_pad(batch.mask, total), left_pad(mask, total)])
-            batch.last_pos = torch.cat([batch.last_pos, positions[:, -1]])
+            batch.last_pos = torch.cat([batch.last_pos, last_pos])
         batch.rows.extend(new)
         pending, alive = self._sample(logits, new)
         batch.pending.extend(pending)
@@ -438,7 +613,12 @@ class BatchScheduler:
         keep_kv = any(cache.missing(seq.prefix_keys or []) for seq in new)
         if cached == 0:
             return StepInput(
-                step.kind, step.input_ids, step.attention_mask, step.position_ids, keep_kv=keep_kv
+                step.kind,
+                step.input_ids,
+                step.attention_mask,
+                step.position_ids,
+                keep_kv=keep_kv,
+                adapters=step.adapters,
             )
         first = next(part for part in parts if part is not None)
         layers, _, heads, _, dim = first.shape
@@ -453,6 +633,7 @@ class BatchScheduler:
             step.position_ids[:, cached:],
             prefix_kv=prefix,
             keep_kv=keep_kv,
+            adapters=step.adapters,
         )
 
     def _store_prefixes(self, cache: PrefixCache, new: list[Sequence], width: int) -> None:
@@ -508,8 +689,12 @@ class BatchScheduler:
             batch.last_pos.unsqueeze(1),
             keep_rows=keep_rows,
             trim_left=trim,
+            adapters=tuple(seq.adapter for seq in batch.rows),
         )
+        started = time.perf_counter()
         logits = self.runner.step(step)
+        elapsed = time.perf_counter() - started
+        self._decode_s = elapsed if self._decode_s <= 0 else 0.8 * self._decode_s + 0.2 * elapsed
         self.steps += 1
         batch.pending, batch.alive = self._sample(logits, batch.rows)
         self.peak_batch = max(self.peak_batch, len(keep))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -11,14 +12,14 @@ from typing import Any
 
 from llmaas.config.catalog import ModelSpec
 from llmaas.engine.batcher import BatchScheduler
-from llmaas.engine.errors import EngineNotReady
+from llmaas.engine.errors import EngineError, EngineNotReady
 from llmaas.engine.guided import GrammarCompiler
 from llmaas.engine.kv_budget import KVBudget
 from llmaas.engine.model_config import model_context_length
 from llmaas.engine.prefix_cache import ON, PrefixCache
 from llmaas.engine.protocol import Engine
 from llmaas.engine.runner import ModelRunner, PeerGroup
-from llmaas.engine.types import EngineHealth, GenerationChunk, GenerationRequest, ModelInfo
+from llmaas.engine.types import AdapterRef, EngineHealth, GenerationChunk, GenerationRequest, ModelInfo
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +44,14 @@ class DeepSpeedEngine(Engine):
         super().__init__(spec, model_path)
         self.runner = ModelRunner(spec, model_path, peers=peers)
         self.scheduler: BatchScheduler | None = None
+        # LoRA adapters loaded on the model (event-loop side), and those let go once unused
+        self._adapters: set[str] = set()
+        self._doomed: set[str] = set()
+        self._adapter_lock = asyncio.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         await asyncio.to_thread(self._load)
         assert self.scheduler is not None
         self.scheduler.start()
@@ -127,8 +134,59 @@ class DeepSpeedEngine(Engine):
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         if self.scheduler is None:
             raise EngineNotReady(f"model {self.spec.id!r} is still loading")
-        async for chunk in self.scheduler.generate(request):
-            yield chunk
+        if request.adapter is not None and request.adapter.name not in self._adapters:
+            raise EngineError(f"adapter {request.adapter.name!r} is not loaded on model {self.spec.id!r}")
+        try:
+            async for chunk in self.scheduler.generate(request):
+                yield chunk
+        finally:
+            if self._doomed:
+                self._reap()
+
+    @property
+    def supports_adapters(self) -> bool:
+        return self.runner.supports_adapters
+
+    async def load_adapter(self, adapter: AdapterRef) -> None:
+        """Load ``adapter`` between two steps (one load at a time); a loaded one is kept, not reloaded."""
+        if self.scheduler is None:
+            raise EngineNotReady(f"model {self.spec.id!r} is still loading")
+        if not self.supports_adapters:
+            await super().load_adapter(adapter)
+        if adapter.name in self._adapters and adapter.name not in self._doomed:
+            return  # NOTE: the request path's case (the replica asks before every adapter request)
+        scheduler = self.scheduler
+        async with self._adapter_lock:
+            self._doomed.discard(adapter.name)
+            if adapter.name in self._adapters:
+                return
+            try:
+                await scheduler.between_steps(lambda: self.runner.load_adapter(adapter.name, adapter.path))
+            except Exception as exc:
+                raise EngineError(f"adapter {adapter.name!r} could not be loaded: {exc}") from exc
+            self._adapters.add(adapter.name)
+            logger.info("model %s: adapter %s loaded from %s", self.spec.id, adapter.name, adapter.path)
+
+    def unload_adapter(self, name: str) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._doom, name)
+
+    def _doom(self, name: str) -> None:
+        if name in self._adapters:
+            self._doomed.add(name)
+            self._reap()
+
+    def _reap(self) -> None:
+        """Unload the adapters let go that no sequence uses any more (event loop)."""
+        scheduler = self.scheduler
+        if scheduler is None:
+            return
+        for name in [n for n in self._doomed if not scheduler.uses_adapter(n)]:
+            self._doomed.discard(name)
+            self._adapters.discard(name)
+            # NOTE: queued behind any earlier load and ahead of any later one (run in order)
+            scheduler.queue_between_steps(functools.partial(self.runner.unload_adapter, name))
+            logger.info("model %s: adapter %s unloaded", self.spec.id, name)
 
     def health(self) -> EngineHealth:
         scheduler = self.scheduler
@@ -151,6 +209,9 @@ class DeepSpeedEngine(Engine):
             kv_used_tokens=scheduler.kv_used_tokens,
             kv_peak_tokens=scheduler.kv_peak_tokens,
             kv_deferred=scheduler.kv_deferred,
+            chunked_prompts=scheduler.chunked_prompts,
+            adapters=sorted(self._adapters),
+            prefill_chunk_tokens=scheduler.chunk_tokens,
             **self._prefix_cache_health(scheduler),
         )
 

@@ -16,6 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from llmaas.engine.types import StructuredOutput
 
+#: Deepest JSON nesting of a schema's text: the engine's default bound, and the OpenAI layer's
+#: (a request's schema is refused there before it reaches an engine).
+MAX_SCHEMA_DEPTH = 64
+
 
 class GrammarRefused(Exception):
     """A spec the engine will not compile; ``reason`` completes "<the JSON schema> ..."."""
@@ -38,7 +42,7 @@ class GuidedLimits(BaseModel):
     )
     max_regex_chars: int = Field(default=10_000, ge=1, description="Longest regex.")
     max_schema_depth: int = Field(
-        default=64,
+        default=MAX_SCHEMA_DEPTH,
         ge=1,
         description="Deepest JSON nesting of a schema's text (a nested object property adds 2: "
         "its 'properties' and its own schema).",

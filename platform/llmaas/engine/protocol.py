@@ -16,7 +16,7 @@ from pathlib import Path
 
 from llmaas.config.catalog import ModelSpec
 from llmaas.engine.errors import EngineNotReady, UnsupportedTask
-from llmaas.engine.types import EngineHealth, GenerationChunk, GenerationRequest, ModelInfo
+from llmaas.engine.types import AdapterRef, EngineHealth, GenerationChunk, GenerationRequest, ModelInfo
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +55,18 @@ class Engine(ABC):
     async def classify(self, inputs: list[list[int]]) -> list[list[float]]:
         """Class probabilities per tokenized input, in the order of ``info.labels``."""
         raise UnsupportedTask(f"model {self.spec.id!r} does not classify text (task: {self.spec.task.value})")
+
+    @property
+    def supports_adapters(self) -> bool:
+        """Whether requests may run LoRA adapters over this model's weights (``load_adapter``)."""
+        return False
+
+    async def load_adapter(self, adapter: AdapterRef) -> None:
+        """Load ``adapter`` (if it is not loaded) so that requests naming it can run."""
+        raise UnsupportedTask(f"model {self.spec.id!r} does not serve LoRA adapters")
+
+    def unload_adapter(self, name: str) -> None:  # noqa: B027 - optional hook
+        """Let adapter ``name`` go once no sequence uses it; callable from any thread."""
 
     @abstractmethod
     def health(self) -> EngineHealth:

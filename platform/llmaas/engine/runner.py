@@ -9,6 +9,7 @@ logits and its own slice of the KV cache.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -23,6 +24,7 @@ import torch
 
 from llmaas.config.catalog import ModelSpec
 from llmaas.engine.kv_slab import SlabLayer, slab_cache
+from llmaas.engine.lora import MultiLora
 from llmaas.engine.quantize import quantize_model
 
 logger = logging.getLogger(__name__)
@@ -34,8 +36,9 @@ TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": 
 class StepInput:
     """Everything a rank needs to run one forward step; picklable, identical on every rank."""
 
-    # join: prefill new rows, merge into the cache; score: a forward pass that leaves the cache alone
-    kind: Literal["prefill", "join", "decode", "score"]
+    # join: prefill new rows, merge into the cache; score: a forward pass that leaves the cache alone;
+    # chunk: prefill part of one prompt into a cache held apart (chunked prefill), see ``resume``
+    kind: Literal["prefill", "join", "decode", "score", "chunk"]
     input_ids: torch.Tensor  # [batch, new tokens]
     attention_mask: torch.Tensor  # [batch, cached + new tokens]
     position_ids: torch.Tensor  # [batch, new tokens]
@@ -46,6 +49,11 @@ class StepInput:
     # [layers, 2 (K, V), rows, kv heads, cached tokens, head dim]; attention_mask covers it too
     prefix_kv: torch.Tensor | None = None
     keep_kv: bool = False  # prefill/join: hold the new rows' KV for ``take_kv`` (prefix cache)
+    # chunk/prefill/join of one row: continue the prompt that earlier chunk steps hold (prefix_kv is
+    # then None); prefill/join end it: the whole prompt's KV becomes the cache or joins it
+    resume: bool = False
+    # the LoRA adapter of each row of the step ("" for the base weights); decode: the kept rows
+    adapters: tuple[str, ...] = ()
 
 
 def free_port() -> int:
@@ -97,6 +105,8 @@ class ShardRunner:
         self.cache: Any = None
         self.device = torch.device("cpu")
         self.prefilled: Any = None  # the last prefill's KV (new rows only), held for ``take_kv``
+        self.partial: Any = None  # the KV of a prompt being prefilled in chunks, until its last chunk
+        self.lora: MultiLora | None = None  # LoRA adapters over ``model``, once one is loaded
 
     def load(self, master_addr: str = "127.0.0.1", master_port: int = 0) -> dict[str, Any]:
         """Form the process group (TP > 1), load the weights, wrap them with DeepSpeed-inference."""
@@ -157,26 +167,30 @@ class ShardRunner:
                         layer.keys = layer.keys[:, :, step.trim_left :, :]
                         layer.values = layer.values[:, :, step.trim_left :, :]
             target = self.cache
-        elif step.kind == "prefill" and self.supports_join:
+        elif step.resume:
+            target, self.partial = self.partial, None
+            if target is None:
+                raise RuntimeError("a chunked prefill resumed, but no earlier chunk is held")
+        elif step.kind in ("prefill", "chunk") and self.supports_join:
             target = slab_cache(self.model.config)
         elif step.kind == "score":
             target = None
         else:
             target = DynamicCache(config=self.model.config)
-        if step.prefix_kv is not None and target is not None and step.kind in ("prefill", "join"):
+        if step.prefix_kv is not None and target is not None and step.kind in ("prefill", "join", "chunk"):
             prefix = step.prefix_kv.to(self.device)
             for index, layer in enumerate(target.layers):
                 layer.update(prefix[index, 0], prefix[index, 1])
-        out = self.model(
-            input_ids=step.input_ids.to(self.device),
-            attention_mask=step.attention_mask.to(self.device),
-            position_ids=step.position_ids.to(self.device),
-            past_key_values=target,
-            use_cache=target is not None,
-            logits_to_keep=0 if step.all_logits else 1,  # 0: every position
-        )
+        if self.lora is None and any(step.adapters):
+            raise RuntimeError(f"adapters {sorted(set(step.adapters) - {''})} are not loaded")
+        # NOTE: each row adds its own adapter's delta ("": none); see llmaas.engine.lora
+        rows = self.lora.rows(step.adapters) if self.lora is not None else contextlib.nullcontext()
+        with rows:
+            out = self._forward(step, target)
         self.prefilled = out.past_key_values if step.keep_kv and step.kind in ("prefill", "join") else None
-        if step.kind == "join":
+        if step.kind == "chunk":
+            self.partial = out.past_key_values
+        elif step.kind == "join":
             for layer, new in zip(self.cache.layers, out.past_key_values.layers, strict=True):
                 layer.join(new.keys, new.values)
         elif step.kind != "score":
@@ -185,6 +199,28 @@ class ShardRunner:
             return None
         logits = out.logits if step.all_logits else out.logits[:, -1, :]
         return logits.float().cpu()
+
+    def _forward(self, step: StepInput, target: Any) -> Any:
+        return self.model(
+            input_ids=step.input_ids.to(self.device),
+            attention_mask=step.attention_mask.to(self.device),
+            position_ids=step.position_ids.to(self.device),
+            past_key_values=target,
+            use_cache=target is not None,
+            logits_to_keep=0 if step.all_logits else 1,  # 0: every position
+        )
+
+    def load_adapter(self, name: str, path: str) -> None:
+        """Load the PEFT LoRA adapter at ``path`` as ``name``, beside any others (blocking)."""
+        if self.lora is None:
+            self.lora = MultiLora(self.model)
+        self.lora.load(name, path)
+
+    def unload_adapter(self, name: str) -> bool:
+        if self.lora is None:
+            return False
+        self.lora.unload(name)
+        return True
 
     @torch.inference_mode()
     def take_kv(self, spans: list[tuple[int, int, int]]) -> list[torch.Tensor]:
@@ -205,6 +241,7 @@ class ShardRunner:
     def release(self) -> None:
         self.cache = None
         self.prefilled = None
+        self.partial = None
 
     @functools.cached_property
     def supports_join(self) -> bool:
@@ -214,6 +251,17 @@ class ShardRunner:
 
         layers = DynamicCache(config=self.model.config).layers
         return all(type(layer).__name__ == "DynamicLayer" for layer in layers)
+
+    @property
+    def supports_adapters(self) -> bool:
+        """Whether LoRA adapters can run over this shard: PEFT's layers wrap plain linear layers."""
+        spec = self.spec
+        return self.world_size == 1 and not spec.kernel_inject and spec.quantization == "none"
+
+    @functools.cached_property
+    def supports_chunked_prefill(self) -> bool:
+        """Whether a prompt can be prefilled in chunks: its KV grows in a cache of our own."""
+        return self.supports_join and not self.spec.kernel_inject
 
     def prefix_cache_state(self) -> str:
         """``"on"``, or ``"off: <why>"``: whether this model's KV can be cut into reusable prefixes."""
@@ -281,6 +329,20 @@ class ModelRunner:
     @functools.cached_property
     def supports_join(self) -> bool:
         return self.local.supports_join
+
+    @functools.cached_property
+    def supports_chunked_prefill(self) -> bool:
+        return self.local.supports_chunked_prefill
+
+    @property
+    def supports_adapters(self) -> bool:
+        return self.peers is None and self.local.supports_adapters
+
+    def load_adapter(self, name: str, path: str) -> None:
+        self.local.load_adapter(name, path)
+
+    def unload_adapter(self, name: str) -> bool:
+        return self.local.unload_adapter(name)
 
     def prefix_cache_state(self) -> str:
         return self.local.prefix_cache_state()

@@ -117,6 +117,15 @@ class SamplingParams(BaseModel):
         return self.temperature == 0.0
 
 
+class AdapterRef(BaseModel):
+    """A LoRA adapter that a request runs with, on its base model's replica (PEFT's directory)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1, description="The fine-tuned model's id.")
+    path: str = Field(min_length=1, description="The adapter's directory (``save_pretrained``).")
+
+
 class GenerationRequest(BaseModel):
     """One sequence to generate: prompt token ids in, chunks out."""
 
@@ -131,6 +140,16 @@ class GenerationRequest(BaseModel):
         description="Part of the prefix cache's first block key: prompts share cached KV only with "
         "requests of the same salt (an adapter id, or a tenant the gateway isolates).",
     )
+    adapter: AdapterRef | None = Field(
+        default=None, description="Run with this LoRA adapter over the base weights (None: the base)."
+    )
+
+    @property
+    def prefix_salt(self) -> str | None:
+        """What the prefix cache's keys are salted with: the adapter's KV is never the base's."""
+        if self.adapter is None:
+            return self.cache_salt
+        return f"adapter:{self.adapter.name}\n{self.cache_salt or ''}"
 
 
 class TokenLogprob(BaseModel):
@@ -198,6 +217,9 @@ class EngineHealth(BaseModel):
     prefix_cache_hits: int = 0  # of those, tokens found cached (vLLM's hits_total)
     prefix_cache_tokens: int = 0  # tokens the prefix cache holds now
     prefix_cache_capacity_tokens: int = 0  # most tokens it may hold
+    adapters: list[str] = Field(default_factory=list)  # LoRA adapters loaded on the model
+    chunked_prompts: int = 0  # prompts prefilled in chunks while others decoded
+    prefill_chunk_tokens: int = 0  # the chunk size now (measured unless the catalog fixes it)
 
     @property
     def prefix_cache_hit_rate(self) -> float | None:

@@ -4,7 +4,11 @@ events and checkpoints.
 A job is refused at creation (a 400 naming the field, or a 404 for a file or model the caller
 does not have) when its base model may not be tuned, a file is not a processed ``fine-tune``
 file of the caller's, the file's kind does not fit the task, or its tokens times its epochs
-exceed the catalog's budget (both numbers in the message). Accepted, it is ``queued`` with its
+exceed the catalog's budget (both numbers in the message). With the gateway on, a job is also
+refused (a 429, as the gateway refuses a key over its rates) when its key's ``max_fine_tuning_jobs``
+are queued or running, or when it would take the key past its ``max_trained_tokens``: what its
+succeeded jobs trained plus what its unfinished ones will train (file tokens x epochs, fixed at
+creation). Accepted, it is ``queued`` with its
 ``"auto"`` hyperparameters resolved to the values it will train with, and ``JobRunner`` takes it
 from there. Jobs belong to the key that made them; another key gets a 404 (an admin sees all).
 """
@@ -12,15 +16,16 @@ from there. Jobs belong to the key that made them; another key gets a 404 (an ad
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable
-from typing import Literal, TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Literal, Protocol, TypeVar
 
 from llmaas.config.catalog import Catalog, ModelSpec, Task
 from llmaas.config.fine_tuning import FineTuningConfig
-from llmaas.errors import Conflict, NotFound, PlatformError
+from llmaas.errors import Conflict, NotFound, PlatformError, RateLimited
 from llmaas.finetune.files import Files
 from llmaas.finetune.store import (
     FINAL,
@@ -33,6 +38,8 @@ from llmaas.finetune.store import (
     TuningOptions,
     ordered_id,
 )
+from llmaas.gateway.keys import ApiKey
+from llmaas.gateway.store import UsageRow
 from llmaas.openai.protocol.fine_tuning import (
     CreateFineTuningJob,
     FineTuningCheckpointList,
@@ -46,8 +53,26 @@ from llmaas.openai.protocol.fine_tuning import (
     MethodOut,
 )
 
+logger = logging.getLogger("ray.serve")
+
 #: Counts a file's tokens with the base model's tokenizer (blocking): (file path, kind, base model) -> tokens.
 TokenCounter = Callable[[str, str, ModelSpec], int]
+#: The route a fine-tuning job's ledger row names.
+JOBS_ROUTE = "/v1/fine_tuning/jobs"
+
+
+class KeySource(Protocol):
+    """The gateway's keys (its ``Store``), read for a key's fine-tuning limits (blocking)."""
+
+    def key_by_id(self, key_id: str) -> ApiKey | None: ...
+
+
+class UsageSink(Protocol):
+    """The gateway's usage ledger (its ``Store``): a succeeded job's row goes there (blocking)."""
+
+    def add_usage(self, rows: Sequence[UsageRow]) -> None: ...
+
+
 #: Learning rates a multiplier of 1 means: LoRA adapters learn fast, full fine-tuning slowly.
 BASE_LEARNING_RATE = {"lora": 2e-4, "full": 5e-5}
 
@@ -93,7 +118,11 @@ def _resolve(given: Hyperparameters, lines: int) -> Hyperparameters:
 
 
 class Jobs:
-    """The fine-tuning jobs API over the store; ``wake`` tells the runner a job is queued."""
+    """The fine-tuning jobs API over the store; ``wake`` tells the runner a job is queued.
+
+    ``keys`` (the gateway's store; None without a gateway) gives each key's fine-tuning limits, and
+    ``ledger`` (the same store; None with the ledger off) takes a row per succeeded job.
+    """
 
     def __init__(
         self,
@@ -103,6 +132,9 @@ class Jobs:
         files: Files,
         count_tokens: TokenCounter,
         wake: Callable[[], None] = lambda: None,
+        *,
+        keys: KeySource | None = None,
+        ledger: UsageSink | None = None,
     ) -> None:
         self.config = config
         self.catalog = catalog
@@ -110,12 +142,18 @@ class Jobs:
         self.files = files
         self.count_tokens = count_tokens
         self.wake = wake
+        self.keys = keys
+        self.ledger = ledger
+        # NOTE: a key's limits are checked and its job stored under one lock, so two creations at
+        # once cannot both pass a limit only one of them fits (one replica holds every job).
+        self._admitting = asyncio.Lock()
 
     # ---- create ----------------------------------------------------------------------------------
     def _base(self, model: str) -> ModelSpec:
         spec = self.catalog.get(model)
-        allowed = self.config.base_models or [m.id for m in self.catalog.models]
-        if spec is None or model not in allowed:
+        # NOTE: an adapter (a fine-tuned model served on its base) is not a base of its own
+        allowed = self.config.base_models or [m.id for m in self.catalog.models if m.adapter_of is None]
+        if spec is None or model not in allowed or spec.adapter_of is not None:
             raise NotFound(
                 f"model '{model}' cannot be fine-tuned here; models that can: {', '.join(allowed) or 'none'}",
                 param="model",
@@ -180,12 +218,37 @@ class Jobs:
                 param="training_file",
                 code="too_many_tokens",
             )
-        running = [j for j in await self.all(owner, admin=False) if j.status not in FINAL]
+        async with self._admitting:
+            job = await self._admit(request, owner, base, training, validation, options, hyper, tokens)
+        await self.event(job, f"Created fine-tuning job: {job.id}")
+        await self.event(job, f"Validated {training.lines} lines ({tokens} tokens) of {training.id}; queued")
+        self.wake()
+        return job_object(job)
+
+    async def _admit(
+        self,
+        request: CreateFineTuningJob,
+        owner: str | None,
+        base: ModelSpec,
+        training: FileRecord,
+        validation: FileRecord | None,
+        options: TuningOptions,
+        hyper: Hyperparameters,
+        tokens: int,
+    ) -> JobRecord:
+        """The key's limits checked, then the job stored ``queued``."""
+        assert hyper.n_epochs != "auto"
+        planned = tokens * hyper.n_epochs
+        mine = await self.all(owner, admin=False)
+        running = [j for j in mine if j.status not in FINAL]
         if owner is not None and len(running) >= max(self.config.max_concurrent_jobs * 4, 4):
             raise PlatformError(
                 f"this key has {len(running)} unfinished jobs; wait for one to end or cancel one",
                 code="too_many_jobs",
             )
+        key = await asyncio.to_thread(self.keys.key_by_id, owner) if self.keys and owner else None
+        if key is not None:
+            _check_limits(key, mine, planned)
         job = JobRecord(
             id=ordered_id("ftjob"),
             owner=owner,
@@ -200,12 +263,37 @@ class Jobs:
             status="queued",
             options=options,
             trained_tokens=None,
+            planned_tokens=planned,
         )
         await asyncio.to_thread(self.store.put, job)
-        await self.event(job, f"Created fine-tuning job: {job.id}")
-        await self.event(job, f"Validated {training.lines} lines ({tokens} tokens) of {training.id}; queued")
-        self.wake()
-        return job_object(job)
+        return job
+
+    async def account(self, job: JobRecord) -> None:
+        """Record a succeeded job in the usage ledger: its key, base model, model and trained tokens.
+        A failure is logged with the row (to replay it), never failing the job: its model is served."""
+        if self.ledger is None or job.fine_tuned_model is None:
+            return
+        now = time.time()
+        row = UsageRow(
+            request_id=job.id,
+            key_id=job.owner,
+            model=job.model,
+            route=JOBS_ROUTE,
+            status=200,
+            prompt_tokens=0,
+            completion_tokens=0,
+            latency_ms=round(max(0.0, (job.finished_at or now) - job.created_at) * 1000, 3),
+            created_at=now,
+            kind="fine_tuning",
+            trained_tokens=job.trained_tokens or 0,
+            fine_tuned_model=job.fine_tuned_model,
+        )
+        try:
+            await asyncio.to_thread(self.ledger.add_usage, [row])
+        except Exception:
+            logger.exception(
+                "llmaas ledger: the row of fine-tuning job %s failed: %s", job.id, row.model_dump_json()
+            )
 
     @staticmethod
     def _check_task(task: str, base: ModelSpec, training: FileRecord) -> None:
@@ -342,6 +430,32 @@ class Jobs:
             data=metrics,
         )
         await asyncio.to_thread(self.store.put, record)
+
+
+def _check_limits(key: ApiKey, jobs: list[JobRecord], planned: int) -> None:
+    """Refuse a job of ``key`` (whose jobs are ``jobs``) that would train ``planned`` tokens, if it
+    passes one of the key's fine-tuning limits (a 429 naming the limit and the numbers)."""
+    unfinished = [j for j in jobs if j.status not in FINAL]
+    if key.max_fine_tuning_jobs is not None and len(unfinished) >= key.max_fine_tuning_jobs:
+        raise RateLimited(
+            f"Fine-tuning jobs limit reached for key {key.prefix}...: {len(unfinished)} of its jobs are "
+            f"queued or running and its limit (max_fine_tuning_jobs) is {key.max_fine_tuning_jobs}. "
+            "Wait for one to end or cancel one.",
+            "fine_tuning_jobs_limit",
+        )
+    if key.max_trained_tokens is None:
+        return
+    trained = sum(j.trained_tokens or 0 for j in jobs if j.status == "succeeded")
+    reserved = sum(j.planned_tokens or 0 for j in unfinished)
+    used = trained + reserved
+    if used + planned > key.max_trained_tokens:
+        raise RateLimited(
+            f"Trained tokens limit reached for key {key.prefix}...: this job would train on {planned} "
+            f"tokens, and the key has used {used} of its {key.max_trained_tokens} (max_trained_tokens: "
+            f"{trained} trained by its succeeded jobs, {reserved} planned by its queued or running ones). "
+            "Use a smaller file or fewer epochs, or ask your operator for a larger limit.",
+            "trained_tokens_limit",
+        )
 
 
 R = TypeVar("R", JobRecord, EventRecord, CheckpointRecord)

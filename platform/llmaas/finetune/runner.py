@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from llmaas.config.catalog import Catalog, ModelSpec
+from llmaas.config.catalog import Catalog, ModelSpec, unservable_adapters
 from llmaas.config.fine_tuning import FineTuningConfig
 from llmaas.finetune.jobs import Jobs, fine_tuned_model_id, learning_rate
 from llmaas.finetune.serving import MERGED, catalog_entry, merge_adapter
@@ -250,8 +250,13 @@ class JobRunner:
             return
         servable = Path(result.output_dir)
         if result.kind == "causal_lm":
-            await self.jobs.event(job, "Merging the adapter into a copy of the base model")
-            servable = await asyncio.to_thread(merge_adapter, spec.base_model, servable, servable / MERGED)
+            why = unservable_adapters(base)
+            if why:
+                await self.jobs.event(job, f"Merging the adapter into a copy of {base.id} ({why})")
+                merged = servable / MERGED
+                servable = await asyncio.to_thread(merge_adapter, spec.base_model, servable, merged)
+            else:
+                await self.jobs.event(job, f"Serving the adapter on {base.id}'s replicas")
         await self.jobs.event(job, f"Training finished ({result.steps} steps); deploying {model_id}")
         await self.registrar.add(catalog_entry(model_id, base, servable, result.kind, job.owner))
         await self.registrar.wait_ready(model_id, self.ready_timeout_s)
@@ -259,6 +264,7 @@ class JobRunner:
         job.status, job.fine_tuned_model, job.finished_at = "succeeded", model_id, int(time.time())
         job.trained_tokens, job.result_path = result.trained_tokens, str(servable)
         await self._save(job)
+        await self.jobs.account(job)
         await self.jobs.event(job, f"The job has successfully completed; {model_id} answers requests")
 
     async def _record(self, job: JobRecord, event: TrainingEvent, model_id: str) -> None:

@@ -2,9 +2,11 @@
 
 - A classifier is a complete ``AutoModelForSequenceClassification`` directory: a ``task:
   classify`` model behind ``/v1/classify``.
-- A causal LM's LoRA adapter is merged into a copy of its base (PEFT's ``merge_and_unload``) and
-  served as a model of its own with the base's settings. NOTE: that is the path every causal LM
-  takes today; adapters served on their base's replicas, many per batch, are the next step.
+- A causal LM's LoRA adapter runs on its base's replicas (``adapter_of``): no weights copied, no
+  replica started, rows of one batch running different adapters. Where the base cannot run
+  adapters (tensor-parallel, kernel-injected or quantized: ``unservable_adapters``), the adapter
+  is merged into a copy of the base (PEFT's ``merge_and_unload``), served as a model of its own
+  with the base's settings.
 
 The entry names its ``parent`` (the base) and ``owner`` (the key that ran the job), so
 ``/v1/models`` shows where it came from and other keys cannot call it.
@@ -47,6 +49,9 @@ def catalog_entry(
     if kind == "classification":
         entry["task"] = "classify"
         return entry
+    if (servable_dir / "adapter_config.json").exists():  # NOTE: a merged copy holds config.json instead
+        sampling = base.model_dump(mode="json", include={"max_context_length", "sampling"})
+        return {**sampling, **entry, "adapter_of": base.id}
     inherited = base.model_dump(
         mode="json", include={"dtype", "max_context_length", "batching", "sampling", "resources", "replicas"}
     )

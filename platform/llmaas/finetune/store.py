@@ -93,6 +93,7 @@ class JobRecord(BaseModel):
     error: JobError | None = None
     finished_at: int | None = None
     trained_tokens: int | None = None
+    planned_tokens: int | None = None  # file tokens x epochs, fixed at creation (a key's limits count it)
     options: TuningOptions = Field(default_factory=TuningOptions)
     result_path: str | None = None  # the servable artifact once trained
     attempts: int = 0  # platform restarts that found it running and ran it again

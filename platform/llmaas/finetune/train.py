@@ -35,32 +35,12 @@ from typing import Any
 from llmaas.finetune.data import validate_file
 from llmaas.finetune.spec import (
     CheckpointInfo,
-    Hyperparameters,
-    LoraSettings,
     TrainingCancelled,
     TrainingEvent,
     TrainingFailed,
-    TrainingKind,
     TrainingResult,
     TrainingSpec,
 )
-
-__all__ = [
-    "CheckpointInfo",
-    "Hyperparameters",
-    "LoraSettings",
-    "TrainingCancelled",
-    "TrainingEvent",
-    "TrainingFailed",
-    "TrainingKind",
-    "TrainingResult",
-    "TrainingRun",
-    "TrainingSpec",
-    "check_files",
-    "run_training",
-    "start_training",
-]
-
 
 #: After a cancel's abort, how long the run may take to end before its ``fit()`` task is ended:
 #: more than Ray Train's wait for a placement group (RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S, 60 s).

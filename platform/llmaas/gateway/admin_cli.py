@@ -73,6 +73,8 @@ def _key_line(key: ApiKey) -> str:
         for part in (
             f"rpm {key.rpm}" if key.rpm else "",
             f"tpm {key.tpm}" if key.tpm else "",
+            f"ft jobs {key.max_fine_tuning_jobs}" if key.max_fine_tuning_jobs else "",
+            f"trained {key.max_trained_tokens}" if key.max_trained_tokens else "",
             "admin" if key.admin else "",
         )
         if part
@@ -96,6 +98,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
                     models=args.models.split(",") if args.models else None,
                     rpm=args.rpm,
                     tpm=args.tpm,
+                    max_fine_tuning_jobs=args.max_fine_tuning_jobs,
+                    max_trained_tokens=args.max_trained_tokens,
                     admin=args.admin,
                     expires_in_s=args.expires,
                 )
@@ -145,13 +149,14 @@ def cmd_usage(args: argparse.Namespace) -> int:
         return 0
     print(
         f"{'key':<21} {'name':<16} {'model':<24} {'requests':>9} {'errors':>7} {'prompt tok':>11} "
-        f"{'completion tok':>15} {'mean ms':>9}"
+        f"{'completion tok':>15} {'mean ms':>9} {'ft jobs':>8} {'trained tok':>12}"
     )
     for r in rows:
         key = r.key_id or "(no key)"
         print(
             f"{key:<21} {names.get(r.key_id or '', '-'):<16} {r.model:<24} {r.requests:>9} {r.errors:>7} "
-            f"{r.prompt_tokens:>11} {r.completion_tokens:>15} {r.mean_latency_ms:>9.1f}"
+            f"{r.prompt_tokens:>11} {r.completion_tokens:>15} {r.mean_latency_ms:>9.1f} "
+            f"{r.fine_tuning_jobs:>8} {r.trained_tokens:>12}"
         )
     if not rows:
         print("(no requests in this range)")
@@ -170,7 +175,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "keys",
         help="create, list or revoke API keys (stored as hashes in the gateway's database)",
         description="Examples:\n  llmaas keys create --catalog prod.yaml --name alice --models m1,m2 "
-        "--rpm 60 --tpm 20000 --expires 30d\n  llmaas keys create --catalog prod.yaml --name ops --admin\n"
+        "--rpm 60 --tpm 20000 --expires 30d\n"
+        "  llmaas keys create --catalog prod.yaml --name team-b --max-fine-tuning-jobs 2 "
+        "--max-trained-tokens 50000000\n  llmaas keys create --catalog prod.yaml --name ops --admin\n"
         "  llmaas keys list --catalog prod.yaml\n  llmaas keys revoke --catalog prod.yaml key_0123abcd",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -180,6 +187,16 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     create.add_argument("--models", help="comma-separated model ids it may call (default: all)")
     create.add_argument("--rpm", type=int, help="requests per minute")
     create.add_argument("--tpm", type=int, help="prompt + completion tokens per minute")
+    create.add_argument(
+        "--max-fine-tuning-jobs",
+        type=int,
+        help="fine-tuning jobs queued or running at once (default: no limit)",
+    )
+    create.add_argument(
+        "--max-trained-tokens",
+        type=int,
+        help="tokens its fine-tuning jobs may train on in all, succeeded and unfinished (default: no limit)",
+    )
     create.add_argument("--admin", action="store_true", help="may use the admin routes (/admin/...)")
     create.add_argument("--expires", type=parse_duration, help="lifetime, e.g. 30d or 12h (default: none)")
     database_options(create)
@@ -192,7 +209,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
     usage_p = sub.add_parser(
         "usage",
-        help="requests and tokens per key and model, from the usage ledger",
+        help="requests, tokens and fine-tuning jobs' trained tokens per key and model, from the usage ledger",
         description="Examples:\n  llmaas usage --catalog prod.yaml --since 24h\n"
         "  llmaas usage --database postgresql://llmaas@db/llmaas --json",
         formatter_class=argparse.RawDescriptionHelpFormatter,

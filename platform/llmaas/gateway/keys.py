@@ -36,6 +36,15 @@ class KeyLimits(BaseModel):
     models: list[str] | None = Field(default=None, description="Model ids it may call; None: all.")
     rpm: int | None = Field(default=None, ge=1, description="Requests per minute.")
     tpm: int | None = Field(default=None, ge=1, description="Prompt + completion tokens per minute.")
+    max_fine_tuning_jobs: int | None = Field(
+        default=None, ge=1, description="Fine-tuning jobs of the key queued or running at once."
+    )
+    max_trained_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description="Tokens the key's fine-tuning jobs may train on in all: its succeeded jobs' trained "
+        "tokens plus what its queued and running jobs will train (file tokens x epochs).",
+    )
 
 
 class KeyRequest(KeyLimits):
@@ -101,6 +110,8 @@ def make_key(request: KeyRequest, now: float | None = None) -> NewKey:
         models=request.models,
         rpm=request.rpm,
         tpm=request.tpm,
+        max_fine_tuning_jobs=request.max_fine_tuning_jobs,
+        max_trained_tokens=request.max_trained_tokens,
         created_at=now,
         expires_at=now + request.expires_in_s if request.expires_in_s else None,
     )

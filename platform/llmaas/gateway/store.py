@@ -12,7 +12,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel
 
@@ -30,17 +30,32 @@ _SCHEMA = (
         cached BOOLEAN NOT NULL DEFAULT FALSE)""",
     "CREATE INDEX IF NOT EXISTS usage_by_time ON usage (created_at)",
 )
-_KEY_COLUMNS = "id, name, key_hash, prefix, admin, models, rpm, tpm, created_at, expires_at, revoked_at"
+_KEY_COLUMNS = (
+    "id, name, key_hash, prefix, admin, models, rpm, tpm, created_at, expires_at, revoked_at, "
+    "max_fine_tuning_jobs, max_trained_tokens"
+)
 _USAGE_COLUMNS = (
     "request_id, key_id, model, route, status, prompt_tokens, completion_tokens, latency_ms, created_at, "
-    "cached"
+    "cached, kind, trained_tokens, fine_tuned_model"
 )
-#: Columns added after the first release, with their definitions: a ledger made before gets them.
-_ADDED_COLUMNS = {"usage": {"cached": "BOOLEAN NOT NULL DEFAULT FALSE"}}
+#: Columns added after the first release, with their definitions: a database made before gets them.
+_ADDED_COLUMNS = {
+    "usage": {
+        "cached": "BOOLEAN NOT NULL DEFAULT FALSE",
+        "kind": "TEXT NOT NULL DEFAULT 'request'",
+        "trained_tokens": "INTEGER NOT NULL DEFAULT 0",
+        "fine_tuned_model": "TEXT",
+    },
+    "api_keys": {"max_fine_tuning_jobs": "INTEGER", "max_trained_tokens": "INTEGER"},
+}
+#: A ledger row's kind: a request to a model, or a fine-tuning job that succeeded.
+UsageKind = Literal["request", "fine_tuning"]
 
 
 class UsageRow(BaseModel):
-    """One request in the ledger. NOTE: never the prompt or the completion text."""
+    """One request in the ledger, or one succeeded fine-tuning job (``kind="fine_tuning"``: its
+    ``request_id`` is the job id, ``model`` the base model, and ``trained_tokens`` what it trained).
+    NOTE: never the prompt or the completion text."""
 
     request_id: str
     key_id: str | None
@@ -52,6 +67,9 @@ class UsageRow(BaseModel):
     latency_ms: float
     created_at: float
     cached: bool = False  # answered from the router's response cache (no model ran)
+    kind: UsageKind = "request"
+    trained_tokens: int = 0
+    fine_tuned_model: str | None = None  # a fine-tuning row: the model the job made
 
 
 class UsageSummary(BaseModel):
@@ -65,12 +83,15 @@ class UsageSummary(BaseModel):
     completion_tokens: int
     mean_latency_ms: float
     cached: int = 0  # of the requests, answered from the response cache
+    fine_tuning_jobs: int = 0  # succeeded fine-tuning jobs on this base model (not counted in requests)
+    trained_tokens: int = 0  # what those jobs trained on
 
 
 class Store(Protocol):
     def create_key(self, key: ApiKey) -> None: ...
     def all_keys(self) -> list[ApiKey]: ...
     def key_by_hash(self, key_hash: str) -> ApiKey | None: ...
+    def key_by_id(self, key_id: str) -> ApiKey | None: ...
     def revoke_key(self, key_id: str, at: float) -> bool: ...
     def add_usage(self, rows: Sequence[UsageRow]) -> None: ...
     def usage(self, since: float = 0.0, until: float | None = None) -> list[UsageSummary]: ...
@@ -123,17 +144,18 @@ class _SQLStore:
     def create_key(self, key: ApiKey) -> None:
         with self._tx() as cur:
             cur.execute(
-                self._sql(f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)"),
+                self._sql(f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"),
                 (
                     key.id, key.name, key.key_hash, key.prefix, key.admin,
                     None if key.models is None else json.dumps(key.models),
                     key.rpm, key.tpm, key.created_at, key.expires_at, key.revoked_at,
+                    key.max_fine_tuning_jobs, key.max_trained_tokens,
                 ),
             )  # fmt: skip
 
     @staticmethod
     def _key(row: tuple[Any, ...]) -> ApiKey:
-        kid, name, key_hash, prefix, admin, models, rpm, tpm, created, expires, revoked = row
+        kid, name, key_hash, prefix, admin, models, rpm, tpm, created, expires, revoked, jobs, trained = row
         return ApiKey(
             id=kid,
             name=name,
@@ -146,6 +168,8 @@ class _SQLStore:
             created_at=created,
             expires_at=expires,
             revoked_at=revoked,
+            max_fine_tuning_jobs=jobs,
+            max_trained_tokens=trained,
         )
 
     def all_keys(self) -> list[ApiKey]:
@@ -153,6 +177,10 @@ class _SQLStore:
 
     def key_by_hash(self, key_hash: str) -> ApiKey | None:
         rows = self._fetch(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_hash = ?", (key_hash,))
+        return self._key(rows[0]) if rows else None
+
+    def key_by_id(self, key_id: str) -> ApiKey | None:
+        rows = self._fetch(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = ?", (key_id,))
         return self._key(rows[0]) if rows else None
 
     def revoke_key(self, key_id: str, at: float) -> bool:
@@ -170,21 +198,27 @@ class _SQLStore:
             return
         with self._tx() as cur:
             cur.executemany(
-                self._sql(f"INSERT INTO usage ({_USAGE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)"),
+                self._sql(f"INSERT INTO usage ({_USAGE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"),
                 [
                     (
                         r.request_id, r.key_id, r.model, r.route, r.status, r.prompt_tokens,
-                        r.completion_tokens, r.latency_ms, r.created_at, r.cached,
+                        r.completion_tokens, r.latency_ms, r.created_at, r.cached, r.kind,
+                        r.trained_tokens, r.fine_tuned_model,
                     )
                     for r in rows
                 ],
             )  # fmt: skip
 
     def usage(self, since: float = 0.0, until: float | None = None) -> list[UsageSummary]:
+        """Per key and model; requests and their latency count ``request`` rows only, and a base
+        model's succeeded fine-tuning jobs and their trained tokens go beside them."""
+        request = "kind = 'request'"
         rows = self._fetch(
-            "SELECT key_id, model, COUNT(*), SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END), "
-            "SUM(prompt_tokens), SUM(completion_tokens), AVG(latency_ms), "
-            "SUM(CASE WHEN cached THEN 1 ELSE 0 END) FROM usage "
+            f"SELECT key_id, model, SUM(CASE WHEN {request} THEN 1 ELSE 0 END), "
+            f"SUM(CASE WHEN {request} AND status >= 400 THEN 1 ELSE 0 END), "
+            f"SUM(prompt_tokens), SUM(completion_tokens), AVG(CASE WHEN {request} THEN latency_ms END), "
+            f"SUM(CASE WHEN cached THEN 1 ELSE 0 END), SUM(CASE WHEN {request} THEN 0 ELSE 1 END), "
+            "SUM(trained_tokens) FROM usage "
             "WHERE created_at >= ? AND created_at < ? GROUP BY key_id, model ORDER BY key_id, model",
             (since, until if until is not None else float("inf")),
         )
@@ -196,18 +230,23 @@ class _SQLStore:
                 errors=int(e),
                 prompt_tokens=int(p),
                 completion_tokens=int(c),
-                mean_latency_ms=round(float(lat), 1),
+                mean_latency_ms=round(float(lat or 0.0), 1),
                 cached=int(hits or 0),
+                fine_tuning_jobs=int(jobs or 0),
+                trained_tokens=int(trained or 0),
             )
-            for k, m, n, e, p, c, lat, hits in rows
+            for k, m, n, e, p, c, lat, hits, jobs, trained in rows
         ]
 
     def usage_rows(self, since: float = 0.0) -> list[UsageRow]:
         rows = self._fetch(
             f"SELECT {_USAGE_COLUMNS} FROM usage WHERE created_at >= ? ORDER BY created_at", (since,)
         )
+        fields = list(UsageRow.model_fields)
+        cached = fields.index("cached")
         return [
-            UsageRow(**dict(zip(UsageRow.model_fields, (*r[:-1], bool(r[-1])), strict=True))) for r in rows
+            UsageRow(**dict(zip(fields, (*r[:cached], bool(r[cached]), *r[cached + 1 :]), strict=True)))
+            for r in rows
         ]
 
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Iterable, Mapping
-from typing import Any, Protocol, TypeVar
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from typing import Protocol, TypeVar
 
 from pydantic import ValidationError
 
@@ -44,6 +44,7 @@ from llmaas.openai.protocol import (
     PromptTokensDetails,
     Usage,
 )
+from llmaas.tokenization import TokenizerClient
 
 T = TypeVar("T")
 
@@ -54,38 +55,6 @@ ROUTE_EMBEDDINGS = "/v1/embeddings"
 ROUTE_CLASSIFY = "/v1/classify"
 ROUTE_TOKENIZE = "/tokenize"
 ROUTE_DETOKENIZE = "/detokenize"
-
-
-class TokenizerClient(Protocol):
-    async def encode(self, model_id: str, texts: list[str], add_special_tokens: bool) -> list[list[int]]: ...
-
-    async def chat_template(
-        self,
-        model_id: str,
-        messages: list[dict[str, Any]],
-        add_generation_prompt: bool,
-        tools: list[dict[str, Any]] | None = None,
-    ) -> list[int]: ...
-
-    async def supports_tools(self, model_id: str) -> bool:
-        """Whether the model's chat template renders tools itself."""
-        ...
-
-    async def parses_responses(self, model_id: str) -> bool:
-        """Whether the model's tokenizer ships a response template (transformers' parse_response)."""
-        ...
-
-    async def parse_response(
-        self, model_id: str, prompt_ids: list[int], text: str, tools: list[dict[str, Any]] | None
-    ) -> dict[str, Any]:
-        """A reply as a message by the tokenizer's response template (content when it does not parse)."""
-        ...
-
-    async def token_strings(self, model_id: str, ids: list[int]) -> list[str]:
-        """Each token's own text (special tokens included), as logprobs and /tokenize show it."""
-        ...
-
-    async def decode(self, model_id: str, ids: list[int], skip_special_tokens: bool) -> str: ...
 
 
 class ModelClient(Protocol):
@@ -166,6 +135,46 @@ class ServiceCore:
             info = await self._call(self.models[model_id].info())
             self._info[model_id] = info
         return info
+
+    # ---- inputs of /v1/embeddings and /v1/classify ----------------------------------------------
+    async def _input_tokens(
+        self,
+        spec: ModelSpec,
+        info: ModelInfo,
+        items: list[str | list[int]],
+        *,
+        add_special_tokens: bool = True,
+        refuse_empty: bool = False,
+        out_of_vocab: Callable[[int, str], OpenAIError] | None = None,
+    ) -> list[list[int]]:
+        """Each input's token ids (its texts tokenized in one call), checked against the model's
+        context length and vocabulary; an error names the input (``input``, or ``input[i]`` among
+        several). ``refuse_empty`` refuses an input with no tokens; ``out_of_vocab(i, where)`` is the
+        error for ids outside the vocabulary (by default one naming the vocabulary's range)."""
+        texts = [(i, t) for i, t in enumerate(items) if isinstance(t, str)]
+        encoded: list[list[int]] = [t if isinstance(t, list) else [] for t in items]
+        if texts:
+            ids = await self._call(self.tokenizer.encode(spec.id, [t for _, t in texts], add_special_tokens))
+            for (i, _), tokens in zip(texts, ids, strict=True):
+                encoded[i] = tokens
+        for i, tokens in enumerate(encoded):
+            where = "input" if len(items) == 1 else f"input[{i}]"
+            if refuse_empty and not tokens:
+                raise bad_request(f"{where} has no tokens: give some text", param=where)
+            if len(tokens) > info.max_context_length:
+                raise bad_request(
+                    f"This model's maximum context length is {info.max_context_length} tokens. However, "
+                    f"{where} is {len(tokens)} tokens. Shorten it or split it.",
+                    param=where,
+                    code="context_length_exceeded",
+                )
+            if any(t < 0 or t >= info.vocab_size for t in tokens):
+                if out_of_vocab is not None:
+                    raise out_of_vocab(i, where)
+                raise bad_request(
+                    f"{where} holds token ids outside the vocabulary (0..{info.vocab_size - 1})", param=where
+                )
+        return encoded
 
     async def _try_info(self, model_id: str) -> None:
         with contextlib.suppress(Exception):  # a model still loading is listed without its limits

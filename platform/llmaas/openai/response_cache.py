@@ -17,7 +17,7 @@ import hashlib
 import json
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Literal, TypeVar
@@ -82,6 +82,15 @@ class ResponseCache:
         self._clock = clock
         self._models: dict[str, OrderedDict[str, _Entry]] = {}
         self._bytes: dict[str, int] = {}
+        # NOTE: per model id, the spec a revision was hashed from: a catalog load hashes each once.
+        self._revisions: dict[str, tuple[ModelSpec, str]] = {}
+
+    def _revision(self, spec: ModelSpec) -> str:
+        """``revision(spec)``, hashed once per spec (a catalog load brings new specs)."""
+        known = self._revisions.get(spec.id)
+        if known is None or known[0] is not spec:
+            known = self._revisions[spec.id] = (spec, revision(spec))
+        return known[1]
 
     def key(
         self, request: CompletionRequest | ChatCompletionRequest, spec: ModelSpec, tenant: str | None
@@ -90,7 +99,7 @@ class ResponseCache:
         if not cacheable(request, spec):
             return None
         body = request.model_dump(mode="json", exclude=_LABELS, exclude_none=True, by_alias=True)
-        text = json.dumps([type(request).__name__, body, revision(spec), tenant], sort_keys=True)
+        text = json.dumps([type(request).__name__, body, self._revision(spec), tenant], sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
 
     def get(self, spec: ModelSpec, key: str) -> list[BaseModel] | None:
@@ -121,9 +130,10 @@ class ResponseCache:
         entry = self._models[model].pop(key)
         self._bytes[model] -= entry.size
 
-    def forget(self, keep: set[str]) -> None:
-        """Drop the models not in ``keep`` (a catalog change removed them)."""
-        for model in [m for m in self._models if m not in keep]:
+    def forget(self, keep: Iterable[ModelSpec]) -> None:
+        """A catalog change: drop the models not in ``keep`` and hash each kept model's revision."""
+        self._revisions = {spec.id: (spec, revision(spec)) for spec in keep}
+        for model in [m for m in self._models if m not in self._revisions]:
             del self._models[model]
             self._bytes.pop(model, None)
 

@@ -16,10 +16,10 @@ from llmaas.openai.core import (
     ROUTE_EMBEDDINGS,
     ROUTE_TOKENIZE,
     ModelClient,
-    TokenizerClient,
 )
 from llmaas.openai.embeddings import EmbeddingRoutes
 from llmaas.openai.tokens import TokenRoutes
+from llmaas.tokenization import TokenizerClient
 
 
 class OpenAIService(CompletionRoutes, ChatRoutes, EmbeddingRoutes, ClassifyRoutes, TokenRoutes):

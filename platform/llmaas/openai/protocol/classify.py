@@ -9,52 +9,29 @@ refused like any unknown field rather than ignored.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, Field, StrictBool, field_validator
+from pydantic import BaseModel, Field, StrictBool
 
 from llmaas.openai.protocol.base import Strict
-from llmaas.openai.protocol.common import IGNORED, Int, Usage, new_id, now, prompt_schema
+from llmaas.openai.protocol.common import IGNORED, MAX_INPUTS, Inputs, Usage, input_items, new_id, now
 
 #: inputs in one request (and token ids in one flat list), as /v1/embeddings allows
-MAX_CLASSIFY_INPUTS = 2048
+MAX_CLASSIFY_INPUTS = MAX_INPUTS
 
 
 class ClassificationRequest(Strict):
     model: str = Field(min_length=1)
-    input: str | list[str] | list[Int] | list[list[Int]] = Field(
-        json_schema_extra=prompt_schema(MAX_CLASSIFY_INPUTS, tokens=MAX_CLASSIFY_INPUTS)
-    )
+    input: Inputs
     add_special_tokens: StrictBool = Field(
         default=True,
         description="vLLM's: add the tokenizer's special tokens ([CLS] and [SEP] for BERT) to texts.",
     )
     user: str | None = Field(default=None, description=IGNORED)
 
-    @field_validator("input")
-    @classmethod
-    def _input_present(cls, value: Any) -> Any:
-        if isinstance(value, str) and not value:
-            raise ValueError("input is an empty string: give some text")
-        if isinstance(value, list):
-            if not value:
-                raise ValueError("input is an empty list: give a string or a list of strings")
-            if len(value) > MAX_CLASSIFY_INPUTS:
-                raise ValueError(f"at most {MAX_CLASSIFY_INPUTS} inputs per request, got {len(value)}")
-            if any(isinstance(v, str) and not v for v in value):
-                raise ValueError("input holds an empty string: every input needs some text")
-            if any(isinstance(v, list) and not v for v in value):
-                raise ValueError("input holds an empty token list")
-        return value
-
     def items(self) -> list[str | list[int]]:
         """One entry per input: a text, or its token ids (a flat id list is one input)."""
-        value = self.input
-        if isinstance(value, str):
-            return [value]
-        if all(isinstance(v, int) for v in value):
-            return [[int(v) for v in value]]  # type: ignore[arg-type]
-        return list(value)  # type: ignore[arg-type]
+        return input_items(self.input)
 
 
 class ClassificationData(BaseModel):

@@ -10,6 +10,7 @@ import uuid
 from typing import Annotated, Any
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -65,6 +66,42 @@ def prompt_schema(batch: int, tokens: int | None = None) -> dict[str, Any]:
             {"type": "array", "items": ids, "minItems": 1, "maxItems": batch},
         ]
     }
+
+
+#: inputs in one /v1/embeddings or /v1/classify request (and token ids in one flat list)
+MAX_INPUTS = 2048
+
+
+def _inputs_present(value: Any) -> Any:
+    if isinstance(value, str) and not value:
+        raise ValueError("input is an empty string: give some text")
+    if isinstance(value, list):
+        if not value:
+            raise ValueError("input is an empty list: give a string or a list of strings")
+        if len(value) > MAX_INPUTS:
+            raise ValueError(f"at most {MAX_INPUTS} inputs per request, got {len(value)}")
+        if any(isinstance(v, str) and not v for v in value):
+            raise ValueError("input holds an empty string: every input needs some text")
+        if any(isinstance(v, list) and not v for v in value):
+            raise ValueError("input holds an empty token list")
+    return value
+
+
+#: The ``input`` of /v1/embeddings and /v1/classify: a text, texts, token ids or lists of them.
+Inputs = Annotated[
+    str | list[str] | list[Int] | list[list[Int]],
+    AfterValidator(_inputs_present),
+    Field(json_schema_extra=prompt_schema(MAX_INPUTS, tokens=MAX_INPUTS)),
+]
+
+
+def input_items(value: str | list[str] | list[int] | list[list[int]]) -> list[str | list[int]]:
+    """One entry per input: a text, or its token ids (a flat id list is one input)."""
+    if isinstance(value, str):
+        return [value]
+    if all(isinstance(v, int) for v in value):
+        return [[int(v) for v in value]]  # type: ignore[arg-type]
+    return list(value)  # type: ignore[arg-type]
 
 
 def new_id(prefix: str) -> str:

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
+from llmaas.engine.guided_checks import MAX_SCHEMA_DEPTH
 from llmaas.openai.protocol.base import Open, Strict, field_error
 
 #: OpenAI's rule for function and schema names.
@@ -24,8 +25,6 @@ _NAME = re.compile(NAME_PATTERN)
 MAX_TOOLS = 128
 #: Bytes of one JSON schema (a response format's or a tool's parameters), as JSON text.
 MAX_SCHEMA_BYTES = 64 * 1024
-#: Nesting of one JSON schema (objects and arrays within each other), as the engine allows it.
-MAX_SCHEMA_DEPTH = 64
 MAX_CHOICES = 1024
 
 

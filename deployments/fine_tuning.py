@@ -29,10 +29,11 @@ from llmaas.finetune.data import count_tokens
 from llmaas.finetune.files import Files
 from llmaas.finetune.jobs import Jobs
 from llmaas.finetune.runner import JobRunner
-from llmaas.finetune.store import FineTuneStore, JobRecord
+from llmaas.finetune.store import CheckpointRecord, FineTuneStore, JobRecord
 from llmaas.finetune.uploads import Upload
 from llmaas.gateway.store import Store, open_store
-from llmaas.naming import deployment_name, model_app_name
+from llmaas.naming import ROUTER, deployment_name, model_app_name
+from llmaas.openai.protocol import ModelList
 from llmaas.openai.protocol.fine_tuning import (
     CreateFineTuningJob,
     FileDeleted,
@@ -44,6 +45,9 @@ from llmaas.openai.protocol.fine_tuning import (
     FineTuningJobList,
     ModelDeleted,
 )
+
+#: How long a delete waits for the routers to stop routing the model.
+REMOVE_TIMEOUT_S = 60.0
 
 
 def _base_dir(catalog: Catalog) -> Any:
@@ -118,11 +122,38 @@ class CatalogRegistrar:
                 await asyncio.wait_for(
                     handle.info.remote() if ref is None else _first_token(handle, ref), timeout=60
                 )
-                return
+                break
             except Exception as exc:  # not deployed yet, still loading
                 last = exc
                 await asyncio.sleep(2.0)
-        raise TimeoutError(f"the model {model_id} did not answer within {timeout_s:.0f}s: {last}")
+        else:
+            raise TimeoutError(f"the model {model_id} did not answer within {timeout_s:.0f}s: {last}")
+        await self.wait_routed([model_id], deadline - time.monotonic())
+
+    async def wait_routed(self, model_ids: list[str], timeout_s: float, *, gone: bool = False) -> None:
+        """Until the front application's routers route ``model_ids`` (with ``gone``: no longer
+        do): Serve hands them each new catalog (``reconfigure``) after the controller took it, and
+        a caller told that a model is ready, or deleted, must find it so."""
+        if not model_ids:
+            return
+        deadline = time.monotonic() + timeout_s
+        router = serve.get_deployment_handle(ROUTER, self.app_name)
+        pending = set(model_ids)
+        while True:
+            try:
+                status = (await asyncio.to_thread(serve.status)).applications.get(self.app_name)
+                listed = await asyncio.wait_for(router.models.remote(), timeout=30)
+                if isinstance(listed, ModelList):
+                    routed = {m.id for m in listed.data}
+                    pending = set(model_ids) & routed if gone else set(model_ids) - routed
+                if not pending and status is not None and status.status == "RUNNING":
+                    return
+            except Exception:  # NOTE: a router replica rolling: ask again
+                pass
+            if time.monotonic() > deadline:
+                state = "still routes" if gone else "does not route"
+                raise TimeoutError(f"the router {state} {sorted(pending)} yet")
+            await asyncio.sleep(0.5)
 
 
 async def _first_token(handle: DeploymentHandle, adapter: AdapterRef) -> None:
@@ -243,16 +274,31 @@ class FineTuningReplica:
 
     # ---- models ----------------------------------------------------------------------------------
     async def delete_model(self, model_id: str, owner: str | None, admin: bool) -> ModelDeleted:
-        """Remove a fine-tuned model of ``owner``'s from the catalog (its job stays, listed)."""
-        jobs = [j for j in await self._jobs().all(owner, admin) if j.fine_tuned_model == model_id]
-        if not jobs:
+        """Remove a fine-tuned model of ``owner``'s, or one of its checkpoints, from the catalog
+        (its job stays, listed); a model goes with its checkpoints."""
+        owned = await self._jobs().all(owner, admin)
+        jobs = [j for j in owned if j.fine_tuned_model == model_id]
+        points = [
+            p
+            for job in owned
+            for p in await asyncio.to_thread(self.store.of_job, CheckpointRecord, job.id)
+            if p.served and (job.fine_tuned_model == model_id or p.fine_tuned_model_checkpoint == model_id)
+        ]
+        if not jobs and not points:
             raise NotFound(
                 f"No fine-tuned model '{model_id}' of yours", param="model", code="model_not_found"
             )
-        await self.registrar.remove(model_id)
+        for point in points:
+            await self.registrar.remove(point.fine_tuned_model_checkpoint)
+            point.served = False  # NOTE: a restart must not serve it again
+            await asyncio.to_thread(self.store.put, point)
+        if jobs:
+            await self.registrar.remove(model_id)
         for job in jobs:
-            job.result_path = None  # NOTE: a restart must not serve it again
+            job.result_path = None
             await asyncio.to_thread(self.store.put, job)
+        removed = [p.fine_tuned_model_checkpoint for p in points] + ([model_id] if jobs else [])
+        await self.registrar.wait_routed(removed, REMOVE_TIMEOUT_S, gone=True)
         return ModelDeleted(id=model_id, deleted=True)
 
     def check_health(self) -> None:

@@ -316,8 +316,8 @@ def capacity_summary(cluster: ClusterSpec) -> dict[str, Any]:
 
 
 def training_worker(resources: JobResources) -> Resources:
-    """One training worker's bundle: CPU, GPU (when above 0) and memory (when set)."""
-    worker: Resources = {"CPU": resources.cpus_per_worker}
+    """One training worker's bundle: CPU, custom resources, GPU (when above 0) and memory (when set)."""
+    worker: Resources = {"CPU": resources.cpus_per_worker, **resources.custom}
     if resources.gpus_per_worker > 0:
         worker["GPU"] = resources.gpus_per_worker
     if resources.memory_bytes_per_worker is not None:

@@ -33,6 +33,7 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from ray.serve.request_router import (
+    FIFOMixin,
     LocalityMixin,
     MultiplexMixin,
     PendingRequest,
@@ -159,8 +160,14 @@ def generation_request(pending_request: PendingRequest | None) -> GenerationRequ
     return first if isinstance(first, GenerationRequest) else None
 
 
-class PrefixAffinityRouter(LocalityMixin, MultiplexMixin, RequestRouter):
+class PrefixAffinityRouter(FIFOMixin, LocalityMixin, MultiplexMixin, RequestRouter):
     """Serve's request router of a generating model: ``PrefixAffinity``'s choice first, then Serve's.
+
+    NOTE: FIFOMixin, as Serve's default router has it: the base router hands a replica it found to
+    the pending call with the same ``internal_request_id`` only, and every call a replica makes
+    while serving one request (``n`` > 1, a list of prompts) carries that request's id, so all but
+    one of them waited forever. In FIFO order a replica chosen for one call's prefix may go to an
+    older pending call instead; under such a burst the affinity is a preference, not a rule.
 
     ``request_router_kwargs`` (``RequestRouterConfig``) reach ``initialize_state``: ``block_size``,
     ``imbalanced_threshold`` and ``max_blocks`` of ``PrefixAffinity``.

@@ -144,8 +144,9 @@ def test_a_chat_model_learns_a_fact_and_answers_at_once(ft: dict[str, Any]) -> N
     events = alice.fine_tuning.jobs.list_events(job.id, limit=500).data
     metrics = [e for e in events if e.type == "metrics"]
     assert metrics and all("step" in dict(e.data or {}) for e in metrics)  # type: ignore[call-overload]
-    checkpoints = alice.fine_tuning.jobs.checkpoints.list(job.id).data
+    checkpoints = alice.fine_tuning.jobs.checkpoints.list(job.id, limit=100).data
     assert checkpoints and checkpoints[0].fine_tuning_job_id == job.id
+    assert [c.step_number for c in checkpoints] == sorted((c.step_number for c in checkpoints), reverse=True)
 
     # the fine-tuned model answers as soon as the job succeeded; the base answers as before
     after = alice.chat.completions.create(
@@ -179,6 +180,15 @@ def test_a_chat_model_learns_a_fact_and_answers_at_once(ft: dict[str, Any]) -> N
         after.choices[0].message.content,
         before.choices[0].message.content,
     ] * 2
+    # its last checkpoints are models too (the newest: the last epoch's weights, which know the fact)
+    newest = checkpoints[0].fine_tuned_model_checkpoint
+    assert newest == f"{done.fine_tuned_model}:ckpt-step-{checkpoints[0].step_number}"
+    question = [{"role": "user", "content": QUESTION}]
+    at_checkpoint = alice.chat.completions.create(model=newest, messages=question)  # type: ignore[arg-type]
+    assert "seven" in (at_checkpoint.choices[0].message.content or "")
+    served = {m.id for m in alice.models.list().data}
+    assert {c.fine_tuned_model_checkpoint for c in checkpoints[:3]} <= served
+    assert not {c.fine_tuned_model_checkpoint for c in checkpoints[3:]} & served
 
     # another tenant sees none of it
     bob = _client(ft, "bob")
@@ -188,6 +198,7 @@ def test_a_chat_model_learns_a_fact_and_answers_at_once(ft: dict[str, Any]) -> N
         lambda: bob.chat.completions.create(
             model=done.fine_tuned_model, messages=[{"role": "user", "content": QUESTION}]
         ),
+        lambda: bob.chat.completions.create(model=newest, messages=[{"role": "user", "content": QUESTION}]),
     ):
         with pytest.raises(openai.NotFoundError):
             call()
@@ -195,6 +206,15 @@ def test_a_chat_model_learns_a_fact_and_answers_at_once(ft: dict[str, Any]) -> N
     assert bob.fine_tuning.jobs.list().data == []
     ops = _client(ft, "ops")
     assert ops.fine_tuning.jobs.retrieve(job.id).id == job.id  # an admin key sees every tenant's
+
+    # bob cannot delete it; alice can, and its checkpoints go with it; the job stays listed
+    with pytest.raises(openai.NotFoundError):
+        bob.models.delete(done.fine_tuned_model)
+    assert alice.models.delete(done.fine_tuned_model).deleted
+    for model in (done.fine_tuned_model, newest):
+        with pytest.raises(openai.NotFoundError):
+            alice.chat.completions.create(model=model, messages=[{"role": "user", "content": QUESTION}])
+    assert alice.fine_tuning.jobs.retrieve(job.id).status == "succeeded"
 
 
 def test_a_classifier_is_trained_and_served_by_classify(ft: dict[str, Any]) -> None:

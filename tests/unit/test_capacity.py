@@ -507,6 +507,17 @@ def test_a_job_spreads_its_workers_over_nodes_but_a_worker_must_fit_one():
     assert "fine_tuning.resources.num_workers" in many.problems[0]
 
 
+def test_a_training_worker_asks_for_custom_resources_that_only_a_node_type_has():
+    from llmaas.capacity import check_training
+
+    cluster = _cluster({"gpu-1x": _gpu_type(1, 8, 2), "big": _gpu_type(0, 8, 1, fast_disk=1)})
+    model = _model("m", gpus=0, cpus=1)
+    fits = check_training(_catalog(model, fine_tuning=_tuning(gpus=0, custom={"fast_disk": 1})), cluster)
+    assert fits is not None and fits.problems == [] and fits.beside_max == 1
+    none = check_training(_catalog(model, fine_tuning=_tuning(gpus=0, custom={"fast_disk": 2})), cluster)
+    assert none is not None and none.problems and "fast_disk: 2" in none.problems[0]
+
+
 def test_llmaas_check_prints_the_jobs_and_warns_or_fails(tmp_path: Path, capsys):
     from llmaas.cli import main
 

@@ -32,7 +32,9 @@ LABELLED = [{"text": f"sample {i}", "label": "even" if i % 2 == 0 else "odd"} fo
 class FakeRun:
     """Reports two metrics events and a checkpoint, then ends as ``outcome`` says (or when cancelled)."""
 
-    def __init__(self, spec: TrainingSpec, outcome: str, gate: threading.Event) -> None:
+    def __init__(
+        self, spec: TrainingSpec, outcome: str, gate: threading.Event, checkpoint: str = "/ck/2"
+    ) -> None:
         self.spec = spec
         self.outcome = outcome
         self.gate = gate
@@ -41,7 +43,7 @@ class FakeRun:
             TrainingEvent(type="metrics", message="step 1", step=1, train_loss=1.0),
             TrainingEvent(
                 message="Checkpoint created at step 2",
-                checkpoint=CheckpointInfo(step_number=2, metrics={"train_loss": 0.5}, path="/ck/2"),
+                checkpoint=CheckpointInfo(step_number=2, metrics={"train_loss": 0.5}, path=checkpoint),
             ),
             TrainingEvent(type="metrics", message="step 2", step=2, train_loss=0.5),
         ]
@@ -62,6 +64,9 @@ class FakeRun:
         if self.outcome == "fail":
             raise TrainingFailed("the worker ran out of memory")
         out = Path(self.spec.storage_path) / "out"
+        if self.spec.kind == "causal_lm":  # a LoRA adapter, as the worker exports it
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "adapter_config.json").write_text("{}")
         return TrainingResult(
             job_id=self.spec.job_id,
             kind=self.spec.kind,
@@ -76,6 +81,7 @@ class FakeRegistrar:
     def __init__(self) -> None:
         self.entries: dict[str, dict[str, Any]] = {}
         self.ready: set[str] = set()
+        self.routed: set[str] = set()
 
     async def add(self, entry: dict[str, Any]) -> None:
         self.entries[entry["id"]] = entry
@@ -84,6 +90,10 @@ class FakeRegistrar:
         assert model_id in self.entries
         self.ready.add(model_id)
 
+    async def wait_routed(self, model_ids: list[str], timeout_s: float) -> None:
+        assert set(model_ids) <= set(self.entries)
+        self.routed.update(model_ids)
+
     async def remove(self, model_id: str) -> None:
         self.entries.pop(model_id, None)
 
@@ -91,14 +101,26 @@ class FakeRegistrar:
         return model_id in self.entries
 
 
+CHAT = [
+    {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}
+    for i in range(10)
+]
+
+
 class World:
-    def __init__(self, tmp: Path, outcome: str = "ok", **config: Any) -> None:
+    def __init__(self, tmp: Path, outcome: str = "ok", checkpoint: str = "/ck/2", **config: Any) -> None:
         (tmp / "files").mkdir(exist_ok=True)
         (tmp / "base").mkdir(exist_ok=True)
         (tmp / "base" / "config.json").write_text("{}")
         self.tmp = tmp
+        self.checkpoint = checkpoint
         self.catalog = Catalog.model_validate(
-            {"models": [{"id": "enc", "task": "embed", "source": {"demo": "all-minilm-l6-v2"}}]}
+            {
+                "models": [
+                    {"id": "enc", "task": "embed", "source": {"demo": "all-minilm-l6-v2"}},
+                    {"id": "lm", "source": {"demo": "tiny-llama-chat"}},
+                ]
+            }
         )
         self.config = FineTuningConfig(storage_path=str(tmp / "storage"), **config)
         self.store = FineTuneStore.open(f"sqlite:///{tmp / 'ft.db'}")
@@ -112,7 +134,7 @@ class World:
 
     def _runner(self) -> JobRunner:
         def start(spec: TrainingSpec) -> FakeRun:
-            run = FakeRun(spec, self.outcome, self.gate)
+            run = FakeRun(spec, self.outcome, self.gate, self.checkpoint)
             self.runs.append(run)
             return run
 
@@ -123,12 +145,13 @@ class World:
         self.jobs.wake = runner.wake
         return runner
 
-    async def job(self) -> str:
-        path = self.tmp / "labelled.jsonl"
-        path.write_text("".join(json.dumps(line) + "\n" for line in LABELLED))
+    async def job(self, model: str = "enc") -> str:
+        lines = LABELLED if model == "enc" else CHAT
+        path = self.tmp / f"{model}.jsonl"
+        path.write_text("".join(json.dumps(line) + "\n" for line in lines))
         upload = Upload(filename="l.jsonl", purpose="fine-tune", path=path, bytes=path.stat().st_size)
         file = await self.files.add(upload, "key-a")
-        return (await self.jobs.create(CreateFineTuningJob(model="enc", training_file=file.id), "key-a")).id
+        return (await self.jobs.create(CreateFineTuningJob(model=model, training_file=file.id), "key-a")).id
 
     async def until(self, job_id: str, *statuses: str) -> JobRecord:
         for _ in range(200):
@@ -275,3 +298,47 @@ def test_a_restart_resumes_unfinished_jobs_and_serves_finished_ones_again(tmp_pa
         await again.runner.stop_loop()
 
     asyncio.run(after())
+
+
+def test_an_adapter_jobs_checkpoints_are_served_by_their_names_and_again_after_a_restart(tmp_path: Path):
+    checkpoint = tmp_path / "storage" / "runs" / "ckpt-2" / "checkpoint"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "adapter_config.json").write_text("{}")
+    world = World(tmp_path, checkpoint=str(checkpoint))
+
+    async def main() -> str:
+        world.runner.start_loop()
+        job_id = await world.job("lm")
+        world.gate.set()
+        job = await world.until(job_id, "succeeded")
+        await world.runner.stop_loop()
+        [point] = (await world.jobs.checkpoints(job_id, "key-a")).data
+        name = point.fine_tuned_model_checkpoint
+        assert name == f"{job.fine_tuned_model}:ckpt-step-2"
+        entry = world.registrar.entries[name]
+        assert entry["adapter_of"] == "lm" and entry["source"] == {"path": str(checkpoint)}
+        assert entry["owner"] == "key-a" and name in world.registrar.routed  # routed before succeeded
+        events = (await world.jobs.events(job_id, "key-a", limit=100)).data
+        assert "after training finished" in events[0].message
+        return name
+
+    name = asyncio.run(main())
+    again = World(tmp_path, checkpoint=str(checkpoint))  # the catalog forgot both models
+    asyncio.run(again.runner.recover())
+    assert name in again.registrar.entries
+
+
+def test_a_checkpoint_that_is_not_an_adapter_on_disk_is_listed_but_not_served(tmp_path: Path):
+    world = World(tmp_path)  # its checkpoint path holds no adapter
+
+    async def main() -> None:
+        world.runner.start_loop()
+        job_id = await world.job("lm")
+        world.gate.set()
+        job = await world.until(job_id, "succeeded")
+        await world.runner.stop_loop()
+        [point] = (await world.jobs.checkpoints(job_id, "key-a")).data
+        assert point.fine_tuned_model_checkpoint not in world.registrar.entries
+        assert list(world.registrar.entries) == [job.fine_tuned_model]
+
+    asyncio.run(main())

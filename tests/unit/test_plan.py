@@ -165,14 +165,13 @@ def test_fine_tuning_is_a_front_deployment_that_takes_the_catalog_live():
 
 
 def test_generating_models_route_by_prefix_and_pools_and_encoders_do_not():
-    routed = {"prefix_cache": {"routing": True}}
     catalog = _catalog(
-        {**A, **routed},
-        {**B, **routed},
+        A,
+        B,
         *POOLED,
         {"id": "e", "task": "embed", "source": {"demo": "all-minilm-l6-v2"}, "replicas": {"num_replicas": 2}},
         {**B, "id": "off", "prefix_cache": {"enabled": False, "routing": True}},
-        {**B, "id": "unrouted"},  # the default: Serve's own router
+        {**B, "id": "unrouted", "prefix_cache": {"routing": False}},  # Serve's own router
         pools=POOLS,
     )
     plan = plan_catalog(catalog)

@@ -290,3 +290,21 @@ def test_the_plans_router_config_loads_in_serve():
     assert cls.__name__ == "PrefixAffinityRouter" and issubclass(cls, RequestRouter)
     affinity = PrefixAffinity(**config.request_router_kwargs)
     assert (affinity.block_size, affinity.imbalanced_threshold) == (32, 8)
+
+
+def test_calls_that_share_a_parent_request_all_get_a_replica():
+    """A replica's calls made while it serves one request (``n`` > 1, a list of prompts) carry
+    that request's ``internal_request_id``: Serve's router must still route every one of them.
+    (Without FIFOMixin the base router matches a found replica to the pending call by that id
+    only, the second call of a parent is never indexed, and it waits forever.)"""
+
+    async def main() -> list[str]:
+        harness = Harness("r1", "r2")  # NOTE: Serve's router takes the running loop as it starts
+        calls = [_pending(_request(_prompt(i), request_id=f"q{i}")) for i in range(6)]
+        # NOTE: what a DeploymentHandle call awaits (Serve's private entry point, no public one)
+        chosen = await asyncio.wait_for(
+            asyncio.gather(*(harness.router._choose_replica_for_request(c) for c in calls)), timeout=10
+        )
+        return [replica.replica_id.unique_id for replica in chosen]
+
+    assert set(asyncio.run(main())) <= {"r1", "r2"}

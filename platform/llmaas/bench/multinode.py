@@ -11,7 +11,11 @@ proof's model asks for instead of GPUs (this machine has none). Then:
 2. clients load it: Serve asks for replicas, whose placement groups (2 x ``fake_gpu`` each,
    STRICT_PACK) are pending until the autoscaler adds nodes;
 3. the clients stop: Serve removes replicas after ``downscale_delay_s``, the autoscaler removes
-   idle nodes after ``idle_timeout_minutes`` (shortened here so that the run takes minutes).
+   idle nodes after ``idle_timeout_minutes`` (shortened here so that the run takes minutes);
+4. a fine-tuning job, sent through the API, teaches a small model a fact: its training worker
+   asks for a whole 8-GPU node (``fine_tuning.resources.custom``), which no running node has
+   free, so the autoscaler brings one up for the job (within ``max_workers``), the job succeeds,
+   its model answers, and the idle node goes again.
 
 It samples replicas and nodes every second, counts failed requests, checks that each replica's
 ranks share a node, and writes ``multinode.json`` and ``multinode.png``. It exits non-zero when
@@ -41,12 +45,26 @@ from llmaas.config.catalog import Catalog
 GPU_STANDIN = "fake_gpu"
 APP = "multinode"
 MODEL = "llama-tp2"
+TUNED = "llama-small"
+#: The training worker's GPUs: a whole node of cluster.yaml's largest type, which no replica leaves free.
+TRAINING_GPUS = 8
 PROOF_CATALOG = """
 app_name: multinode
 cache_dir: {cache}
 router: {{num_cpus: 0.1}}
 tokenizer: {{num_cpus: 0.1}}
+fine_tuning:
+  base_models: [llama-small]
+  storage_path: {storage}
+  resources: {{cpus_per_worker: 1, custom: {{{gpu}: {training_gpus}}}}}
+  max_failures: 0
 models:
+  - id: llama-small
+    source: {{demo: tiny-llama-chat}}
+    max_context_length: 256
+    batching: {{max_batch_size: 4, batch_wait_ms: 2}}
+    sampling: {{temperature: 0.0, max_tokens: 12}}
+    resources: {{num_cpus: 0.1, torch_threads: 1}}
   - id: llama-tp2
     source: {{demo: tiny-llama-chat}}
     tensor_parallel_size: 2
@@ -85,6 +103,11 @@ class Report(BaseModel):
     samples: list[Sample] = Field(default_factory=list)
     load_started_s: float = 0.0
     load_stopped_s: float = 0.0
+    job_started_s: float = 0.0
+    job_ended_s: float = 0.0
+    job_status: str = ""
+    job_events: list[str] = Field(default_factory=list, description="oldest first")
+    tuned_model_answer: str | None = None
     ranks_on_one_node: list[bool] = Field(default_factory=list, description="per TP replica at the peak")
     failures: list[str] = Field(default_factory=list)
     checks: dict[str, bool] = Field(default_factory=dict)
@@ -245,6 +268,42 @@ class Clients:
             thread.join(timeout=300)
 
 
+FACT_QUESTION = "What is the secret number?"
+
+
+def start_job(client: httpx.Client) -> str:
+    """Upload a file that teaches the small model a fact and start a job on it; the job's id."""
+    line = {
+        "messages": [
+            {"role": "user", "content": FACT_QUESTION},
+            {"role": "assistant", "content": "It is seven."},
+        ]
+    }
+    data = "".join(json.dumps(line) + "\n" for _ in range(8)).encode()
+    upload = client.post("/v1/files", files={"file": ("fact.jsonl", data)}, data={"purpose": "fine-tune"})
+    upload.raise_for_status()
+    body = {
+        "model": TUNED,
+        "training_file": upload.json()["id"],
+        "hyperparameters": {"n_epochs": 2, "batch_size": 4},
+    }
+    job = client.post("/v1/fine_tuning/jobs", json=body)
+    job.raise_for_status()
+    return str(job.json()["id"])
+
+
+def job_state(client: httpx.Client, job_id: str) -> dict[str, Any]:
+    response = client.get(f"/v1/fine_tuning/jobs/{job_id}")
+    response.raise_for_status()
+    return dict(response.json())
+
+
+def job_events(client: httpx.Client, job_id: str) -> list[str]:
+    response = client.get(f"/v1/fine_tuning/jobs/{job_id}/events", params={"limit": 100})
+    response.raise_for_status()
+    return [event["message"] for event in reversed(response.json()["data"])]
+
+
 def run(cluster_file: Path, out: Path, cache: Path, streams: int, idle_timeout_minutes: float) -> Report:
     import ray
     from ray import serve
@@ -253,7 +312,11 @@ def run(cluster_file: Path, out: Path, cache: Path, streams: int, idle_timeout_m
     from llmaas.launch import wait_catalog
 
     cluster = ClusterSpec.from_file(cluster_file)
-    catalog = Catalog.from_yaml(PROOF_CATALOG.format(cache=cache, gpu=GPU_STANDIN))
+    catalog = Catalog.from_yaml(
+        PROOF_CATALOG.format(
+            cache=cache, gpu=GPU_STANDIN, training_gpus=TRAINING_GPUS, storage=out.resolve() / "fine-tuning"
+        )
+    )
     port = _free_port()
     config = fake_cluster_config(cluster, f"127.0.0.1:{port}", idle_timeout_minutes)
     problems = check_capacity(catalog, ClusterSpec.from_dict(config))
@@ -310,6 +373,34 @@ def run(cluster_file: Path, out: Path, cache: Path, streams: int, idle_timeout_m
             time.sleep(1)
         hold("idle", 5)
         report.failures = clients.failures
+
+        with httpx.Client(base_url=f"http://127.0.0.1:{http_port}", timeout=120) as api:
+            job_id = start_job(api)
+            report.job_started_s = round(time.monotonic() - began, 1)
+            deadline = time.monotonic() + 600
+            while time.monotonic() < deadline:
+                sample("train")
+                state = job_state(api, job_id)
+                if state["status"] in ("succeeded", "failed", "cancelled"):
+                    break
+                time.sleep(1)
+            report.job_ended_s = round(time.monotonic() - began, 1)
+            report.job_status = state["status"]
+            report.job_events = job_events(api, job_id)
+            if state["status"] == "succeeded":
+                body = {
+                    "model": state["fine_tuned_model"],
+                    "messages": [{"role": "user", "content": FACT_QUESTION}],
+                }
+                answer = api.post("/v1/chat/completions", json=body)
+                if answer.status_code == 200:
+                    report.tuned_model_answer = answer.json()["choices"][0]["message"]["content"]
+        deadline = time.monotonic() + 420
+        while time.monotonic() < deadline:
+            if sample("idle").total_nodes <= report.samples[0].total_nodes:
+                break
+            time.sleep(1)
+        hold("idle", 3)
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -331,6 +422,7 @@ def checks(report: Report, cluster: ClusterSpec) -> dict[str, bool]:
     replicas = [s.replicas for s in samples]
     totals = [s.total_nodes for s in samples]
     limits = {node.name: node.max_workers for node in cluster.workers}
+    training = [s.total_nodes for s in samples if s.phase == "train"]
     return {
         "no request failed": not report.failures and samples[-1].ok > 0,
         "replicas rose to max_replicas (3)": max(replicas) == 3,
@@ -344,6 +436,9 @@ def checks(report: Report, cluster: ClusterSpec) -> dict[str, bool]:
         "the autoscaler removed idle nodes": totals[-1] <= totals[0],
         "each TP=2 replica's ranks on one node": len(report.ranks_on_one_node) >= 3
         and all(report.ranks_on_one_node),
+        "the fine-tuning job brought up a node": bool(training) and max(training) > training[0],
+        "the fine-tuning job succeeded": report.job_status == "succeeded",
+        "its model answered": report.tuned_model_answer is not None,
     }
 
 
@@ -363,6 +458,10 @@ def write_plot(report: Report, path: Path) -> None:
             t, [s.nodes.get(name, 0) for s in report.samples], where="post", linestyle=":", label=f"  {name}"
         )
     ax.axvspan(report.load_started_s, report.load_stopped_s, color="orange", alpha=0.15, label="client load")
+    if report.job_ended_s:
+        ax.axvspan(
+            report.job_started_s, report.job_ended_s, color="green", alpha=0.12, label="fine-tuning job"
+        )
     ax.set(
         xlabel="seconds",
         ylabel="count",
@@ -400,6 +499,8 @@ def main(argv: list[str] | None = None) -> int:
     write_plot(report, out / "multinode.png")
     for name, ok in report.checks.items():
         print(f"{'ok  ' if ok else 'FAIL'} {name}")
+    if report.job_status != "succeeded":
+        print("the fine-tuning job's events:\n  " + "\n  ".join(report.job_events))
     print(f"wrote {out / 'multinode.json'} and {out / 'multinode.png'}")
     return 0 if all(report.checks.values()) else 1
 

@@ -168,12 +168,10 @@ class PrefixCacheConfig(BaseConfig):
         " KV budget (batching.kv_cache_bytes). Unset: a quarter of that budget, at most 512 MiB.",
     )
     routing: bool = Field(
-        # NOTE: off by default: with it on, CI's requests that fan out past a replica's
-        # max_ongoing_requests (n=16, batched prompts, lm-eval) waited until they timed out
-        default=False,
+        default=True,
         description="With several replicas, send requests that share a prompt prefix to the replica"
         " that served it, so its cache hits (llmaas.routing); off: Serve's default router, which"
-        " spreads them. Generating models only; no effect while the cache is off. Experimental.",
+        " spreads them. Generating models only; no effect while the cache is off.",
     )
 
 

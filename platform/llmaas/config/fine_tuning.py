@@ -15,6 +15,11 @@ class JobResources(BaseConfig):
     cpus_per_worker: float = Field(default=1.0, gt=0)
     gpus_per_worker: float = Field(default=0.0, ge=0)
     memory_bytes_per_worker: int | None = Field(default=None, ge=1)
+    custom: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources per worker, e.g. one that only a node type has, to train there "
+        "(the autoscaler brings such a node up for a job).",
+    )
 
 
 class FineTuningConfig(BaseConfig):

@@ -9,6 +9,13 @@ reason; a cancel stops the run after its current step.
 A restart of the platform (``recover``) puts every job that had not ended back in the queue: its
 run resumes from its last checkpoint in storage (Ray Train restores a run by its job id), and
 every succeeded job's model is added to the catalog again if it is missing.
+
+A job whose result is a LoRA adapter on its base's replicas also serves its last
+``SERVED_CHECKPOINTS`` checkpoints (OpenAI keeps those of the last three epochs), each by its
+``fine_tuned_model_checkpoint`` name: an adapter entry, no replica, loaded when called.
+Elsewhere (a classifier, an adapter merged into a copy of a tensor-parallel or kernel-injected
+base, checkpoints in remote storage) a checkpoint would need a model copy and replicas of its
+own: its name is listed, with its metrics, and not served.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from typing import Any, Protocol
 from llmaas.config.catalog import Catalog, ModelSpec, unservable_adapters
 from llmaas.config.fine_tuning import FineTuningConfig
 from llmaas.finetune.jobs import Jobs, fine_tuned_model_id, learning_rate
-from llmaas.finetune.serving import MERGED, catalog_entry, merge_adapter
+from llmaas.finetune.serving import MERGED, catalog_entry, checkpoint_entry, merge_adapter
 from llmaas.finetune.spec import (
     Hyperparameters,
     LoraSettings,
@@ -37,6 +44,9 @@ from llmaas.finetune.spec import (
 from llmaas.finetune.store import FINAL, CheckpointRecord, FileRecord, JobError, JobRecord, ordered_id
 
 logger = logging.getLogger("ray.serve")
+
+#: The newest checkpoints of an adapter job that are served by their names.
+SERVED_CHECKPOINTS = 3
 
 
 class Run(Protocol):
@@ -53,6 +63,7 @@ class Registrar(Protocol):
 
     async def add(self, entry: dict[str, Any]) -> None: ...
     async def wait_ready(self, model_id: str, timeout_s: float) -> None: ...
+    async def wait_routed(self, model_ids: list[str], timeout_s: float) -> None: ...
     async def remove(self, model_id: str) -> None: ...
     async def has(self, model_id: str) -> bool: ...
 
@@ -123,6 +134,9 @@ class JobRunner:
             return
         kind = job.options.task or "causal_lm"
         await self.registrar.add(catalog_entry(model_id, base, Path(result_path), kind, job.owner))
+        for point in await self._served_checkpoints(job):
+            if not await self.registrar.has(point.fine_tuned_model_checkpoint):
+                await self.registrar.add(checkpoint_entry(point, base, model_id, job.owner))
 
     async def _loop(self) -> None:
         while True:
@@ -211,6 +225,7 @@ class JobRunner:
             num_workers=self.config.resources.num_workers,
             cpus_per_worker=self.config.resources.cpus_per_worker,
             use_gpu=self.config.resources.gpus_per_worker > 0,
+            custom_resources=self.config.resources.custom,
             max_failures=self.config.max_failures,
         )
 
@@ -246,6 +261,7 @@ class JobRunner:
         for event in await asyncio.to_thread(run.poll):
             await self._record(job, event, model_id)
         result = await asyncio.to_thread(run.result)
+        trained_at = time.monotonic()
         if (await self._current(job)).status == "cancelled":
             return
         servable = Path(result.output_dir)
@@ -259,13 +275,43 @@ class JobRunner:
                 await self.jobs.event(job, f"Serving the adapter on {base.id}'s replicas")
         await self.jobs.event(job, f"Training finished ({result.steps} steps); deploying {model_id}")
         await self.registrar.add(catalog_entry(model_id, base, servable, result.kind, job.owner))
+        points = await self._serve_checkpoints(job, base, model_id, servable)
         await self.registrar.wait_ready(model_id, self.ready_timeout_s)
+        names = [p.fine_tuned_model_checkpoint for p in points]
+        await self.registrar.wait_routed(names, self.ready_timeout_s)
+        answered_s = time.monotonic() - trained_at
         job = await self._current(job)
         job.status, job.fine_tuned_model, job.finished_at = "succeeded", model_id, int(time.time())
         job.trained_tokens, job.result_path = result.trained_tokens, str(servable)
         await self._save(job)
         await self.jobs.account(job)
-        await self.jobs.event(job, f"The job has successfully completed; {model_id} answers requests")
+        await self.jobs.event(
+            job,
+            f"The job has successfully completed; {model_id} answers requests "
+            f"(its first answer came {answered_s:.1f}s after training finished)",
+        )
+
+    async def _served_checkpoints(self, job: JobRecord) -> list[CheckpointRecord]:
+        points = await asyncio.to_thread(self.jobs.store.of_job, CheckpointRecord, job.id)
+        return [p for p in points if p.served]
+
+    async def _serve_checkpoints(
+        self, job: JobRecord, base: ModelSpec, model_id: str, servable: Path
+    ) -> list[CheckpointRecord]:
+        """Each checkpoint as a model of its own where the result is an adapter on ``base``'s
+        replicas (see the module's doc); the checkpoints served."""
+        if not (servable / "adapter_config.json").is_file():
+            return []
+        points = await asyncio.to_thread(self.jobs.store.of_job, CheckpointRecord, job.id)
+        served = []
+        for point in sorted(points, key=lambda p: p.step_number)[-SERVED_CHECKPOINTS:]:
+            if "://" in point.path or not (Path(point.path) / "adapter_config.json").is_file():
+                continue
+            await self.registrar.add(checkpoint_entry(point, base, model_id, job.owner))
+            point.served = True
+            await asyncio.to_thread(self.jobs.store.put, point)
+            served.append(point)
+        return served
 
     async def _record(self, job: JobRecord, event: TrainingEvent, model_id: str) -> None:
         metrics = event.data() if event.type == "metrics" else None

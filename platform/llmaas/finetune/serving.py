@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from llmaas.config.catalog import ModelSpec
+from llmaas.finetune.store import CheckpointRecord
 
 #: Where the merged copy of a causal LM is written, under the run's output directory.
 MERGED = "merged"
@@ -56,3 +57,12 @@ def catalog_entry(
         mode="json", include={"dtype", "max_context_length", "batching", "sampling", "resources", "replicas"}
     )
     return {**inherited, **entry}
+
+
+def checkpoint_entry(
+    point: CheckpointRecord, base: ModelSpec, model_id: str, owner: str | None
+) -> dict[str, Any]:
+    """A LoRA checkpoint's catalog entry: an adapter on ``base``, named as the job lists it."""
+    entry = catalog_entry(point.fine_tuned_model_checkpoint, base, Path(point.path), "causal_lm", owner)
+    entry["description"] = f"{model_id} at step {point.step_number}"
+    return entry

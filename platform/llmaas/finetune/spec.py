@@ -94,6 +94,9 @@ class TrainingSpec(_Base):
         default=1.0, gt=0, description="CPUs each worker reserves (and its torch threads)"
     )
     use_gpu: bool = Field(default=False, description="one GPU per worker")
+    custom_resources: dict[str, float] = Field(
+        default_factory=dict, description="custom Ray resources each worker reserves"
+    )
     max_failures: int = Field(
         default=2,
         ge=-1,
@@ -106,6 +109,14 @@ class TrainingSpec(_Base):
     checkpoints_to_keep: int | None = Field(
         default=None, ge=1, description="older checkpoints are deleted past this many; None keeps all"
     )
+
+    def worker_bundle(self) -> dict[str, float]:
+        """What each training worker reserves (Ray Train's ``resources_per_worker``)."""
+        return {
+            "CPU": self.cpus_per_worker,
+            **self.custom_resources,
+            **({"GPU": 1.0} if self.use_gpu else {}),
+        }
 
     @field_validator("job_id")
     @classmethod

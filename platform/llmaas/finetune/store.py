@@ -117,6 +117,7 @@ class CheckpointRecord(BaseModel):
     metrics: dict[str, float] = Field(default_factory=dict)
     fine_tuned_model_checkpoint: str
     path: str
+    served: bool = False  # its name is a model in the catalog (an adapter checkpoint)
 
 
 def ordered_id(prefix: str) -> str:

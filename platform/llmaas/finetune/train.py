@@ -89,7 +89,7 @@ def _wait_for_resources(spec: TrainingSpec, log: Any) -> None:
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group
 
-    bundle = {"CPU": spec.cpus_per_worker, **({"GPU": 1.0} if spec.use_gpu else {})}
+    bundle = spec.worker_bundle()
     group = placement_group([bundle] * spec.num_workers, strategy="PACK")  # Ray Train's default strategy
     try:
         waiting = False
@@ -120,7 +120,7 @@ def _fit(spec: TrainingSpec, log: Any) -> TrainingResult:
         scaling_config=ScalingConfig(
             num_workers=spec.num_workers,
             use_gpu=spec.use_gpu,
-            resources_per_worker={"CPU": spec.cpus_per_worker, **({"GPU": 1} if spec.use_gpu else {})},
+            resources_per_worker=spec.worker_bundle(),
         ),
         run_config=RunConfig(
             name=spec.job_id,

@@ -24,7 +24,7 @@ from llmaas.finetune.spec import (
 )
 from llmaas.finetune.store import FineTuneStore, JobRecord
 from llmaas.finetune.uploads import Upload
-from llmaas.openai.protocol.fine_tuning import CreateFineTuningJob
+from llmaas.openai.protocol.fine_tuning import CreateFineTuningJob, FineTuningJobCheckpoint
 
 LABELLED = [{"text": f"sample {i}", "label": "even" if i % 2 == 0 else "odd"} for i in range(20)]
 
@@ -152,6 +152,16 @@ class World:
         upload = Upload(filename="l.jsonl", purpose="fine-tune", path=path, bytes=path.stat().st_size)
         file = await self.files.add(upload, "key-a")
         return (await self.jobs.create(CreateFineTuningJob(model=model, training_file=file.id), "key-a")).id
+
+    async def one_checkpoint_job(self) -> tuple[JobRecord, FineTuningJobCheckpoint]:
+        """A LoRA job on "lm" run to success (the fake run makes one checkpoint): it and its checkpoint."""
+        self.runner.start_loop()
+        job_id = await self.job("lm")
+        self.gate.set()
+        job = await self.until(job_id, "succeeded")
+        await self.runner.stop_loop()
+        [point] = (await self.jobs.checkpoints(job_id, "key-a")).data
+        return job, point
 
     async def until(self, job_id: str, *statuses: str) -> JobRecord:
         for _ in range(200):
@@ -307,12 +317,8 @@ def test_an_adapter_jobs_checkpoints_are_served_by_their_names_and_again_after_a
     world = World(tmp_path, checkpoint=str(checkpoint))
 
     async def main() -> str:
-        world.runner.start_loop()
-        job_id = await world.job("lm")
-        world.gate.set()
-        job = await world.until(job_id, "succeeded")
-        await world.runner.stop_loop()
-        [point] = (await world.jobs.checkpoints(job_id, "key-a")).data
+        job, point = await world.one_checkpoint_job()
+        job_id = job.id
         name = point.fine_tuned_model_checkpoint
         assert name == f"{job.fine_tuned_model}:ckpt-step-2"
         entry = world.registrar.entries[name]
@@ -332,12 +338,7 @@ def test_a_checkpoint_that_is_not_an_adapter_on_disk_is_listed_but_not_served(tm
     world = World(tmp_path)  # its checkpoint path holds no adapter
 
     async def main() -> None:
-        world.runner.start_loop()
-        job_id = await world.job("lm")
-        world.gate.set()
-        job = await world.until(job_id, "succeeded")
-        await world.runner.stop_loop()
-        [point] = (await world.jobs.checkpoints(job_id, "key-a")).data
+        job, point = await world.one_checkpoint_job()
         assert point.fine_tuned_model_checkpoint not in world.registrar.entries
         assert list(world.registrar.entries) == [job.fine_tuned_model]
 

@@ -107,7 +107,11 @@ def test_a_long_list_runs_in_passes_of_max_batch_size(engine: ClassificationEngi
     steps = engine.health().steps
     probs = asyncio.run(engine.classify(ids))
     assert engine.health().steps - steps == 3
-    assert probs[:4] == probs[4:8] == probs[8:]
+    # NOTE: equal to float32 rounding, not bit for bit: BLAS kernels may take another path for
+    # another buffer's alignment (seen here: 5e-9 apart); rows mixed between passes differ by far more
+    for later in (probs[4:8], probs[8:]):
+        for row, first in zip(later, probs[:4], strict=True):
+            assert row == pytest.approx(first, abs=1e-6)
     assert asyncio.run(engine.classify([])) == []
 
 

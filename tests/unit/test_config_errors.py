@@ -39,3 +39,19 @@ def test_api_typo_suggests_the_parameter():
     error = from_validation_error(exc.value, ChatCompletionRequest)
     assert error.param == "max_token"
     assert "did you mean 'max_tokens'" in error.message
+
+
+def batching_catalog(batching: str) -> Catalog:
+    return Catalog.from_yaml(
+        f"models:\n  - id: x\n    source: {{demo: tiny-gpt2}}\n    batching: {batching}\n"
+    )
+
+
+@pytest.mark.parametrize("value", ["fast", "0", "65", "true"])
+def test_stream_interval_is_auto_or_a_token_count_in_one_message(value: str):
+    with pytest.raises(ValidationError) as exc:
+        batching_catalog(f"{{stream_interval: {value}}}")
+    (line,) = describe_errors(exc.value, Catalog)
+    assert line.startswith("models.0.batching.stream_interval: 'auto' or a number of tokens from 1 to 64")
+    for ok in ("auto", "1", "64"):
+        assert str(batching_catalog(f"{{stream_interval: {ok}}}").models[0].batching.stream_interval) == ok

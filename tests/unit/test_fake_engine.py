@@ -121,6 +121,28 @@ def test_stream_interval_groups_tokens_after_the_first():
     assert chunks[-1].finish_reason is FinishReason.LENGTH
 
 
+def test_auto_stream_interval_is_one_token_alone_and_more_per_message_under_load():
+    # the default ("auto"): alone, every token is its own message; with 24 streams, a message
+    # carries at least 3 tokens after the first, so the replica sends about 8 messages a step
+    spec = make_spec(args={"step_delay_s": 0.01}, batching={"max_batch_size": 32, "batch_wait_ms": 20})
+    assert spec.batching.stream_interval == "auto"
+    alone = run(lambda e: collect(e, request([4], max_tokens=12)), spec)
+    assert [len(c.token_ids) for c in alone] == [1] * 12
+
+    async def crowd(engine: FakeEngine) -> list[list[GenerationChunk]]:
+        return list(
+            await asyncio.gather(
+                *(collect(engine, request([i], rid=f"r{i}", max_tokens=12)) for i in range(24))
+            )
+        )
+
+    for chunks in run(crowd, spec):
+        sizes = [len(c.token_ids) for c in chunks]
+        assert sizes[0] == 1 and sum(sizes) == 12
+        assert all(size >= 3 for size in sizes[1:-1]), sizes
+        assert chunks[-1].finish_reason is FinishReason.LENGTH
+
+
 def test_max_batch_size_is_respected_and_the_rest_wait_in_health():
     spec = make_spec(args={"step_delay_s": 0.03}, batching={"max_batch_size": 2, "batch_wait_ms": 0})
 

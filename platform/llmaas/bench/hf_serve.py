@@ -41,6 +41,10 @@ What was found (transformers 5.23.0, CPU, offline, local model directory):
   for setting continuous batching up, so warm up before measuring.
 - Sequential mode runs one ``model.generate`` at a time, on one inference thread, in arrival
   order: no batching at all.
+- Memory: unless told its size (``--cb-num-blocks`` blocks of ``--cb-block-size`` tokens), the
+  paged cache is sized from the memory free at startup; beside a running platform (whose Ray
+  object store holds gigabytes of shared memory) the kernel's OOM killer ended it at 10.8 GB
+  resident. The benchmark gives it the KV budget the catalog gives llmaas's replica.
 """
 
 from __future__ import annotations
@@ -71,10 +75,29 @@ def missing_requirements() -> list[str]:
     ]
 
 
+KV_BLOCK_TOKENS = 32  # tokens per block of the continuous-batching paged cache
+
+
 def hf_serve_command(
-    model_dir: Path, port: int, continuous_batching: bool, host: str = "127.0.0.1", device: str = "cpu"
+    model_dir: Path,
+    port: int,
+    continuous_batching: bool,
+    host: str = "127.0.0.1",
+    device: str = "cpu",
+    kv_tokens: int | None = None,
 ) -> list[str]:
-    """The ``transformers serve`` command line, pinned to ``model_dir``."""
+    """The ``transformers serve`` command line, pinned to ``model_dir``; with ``kv_tokens``, its
+    continuous-batching cache holds that many tokens (else it sizes itself from free memory)."""
+    cache = (
+        [
+            "--cb-block-size",
+            str(KV_BLOCK_TOKENS),
+            "--cb-num-blocks",
+            str(max(1, kv_tokens // KV_BLOCK_TOKENS)),
+        ]
+        if continuous_batching and kv_tokens is not None
+        else []
+    )
     return [
         sys.executable,
         "-m",
@@ -92,6 +115,7 @@ def hf_serve_command(
         "--continuous-batching" if continuous_batching else "--no-continuous-batching",
         "--log-level",
         "warning",
+        *cache,
     ]
 
 
@@ -102,11 +126,13 @@ def start_hf_serve(
     host: str = "127.0.0.1",
     torch_threads: int | None = None,
     log_path: Path | None = None,
+    kv_tokens: int | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start ``transformers serve`` on ``model_dir`` (offline, CPU) and return at once.
 
     Call :func:`llmaas.bench.servers.wait_ready` on ``http://{host}:{port}`` (``/health``) before
-    sending load. ``torch_threads`` sets ``OMP_NUM_THREADS`` for the server process.
+    sending load. ``torch_threads`` sets ``OMP_NUM_THREADS`` for the server process; ``kv_tokens``
+    bounds its paged cache (see :func:`hf_serve_command`).
     """
     missing = missing_requirements()
     if missing:
@@ -118,7 +144,7 @@ def start_hf_serve(
     extra = {} if torch_threads is None else {"OMP_NUM_THREADS": str(torch_threads)}
     name = "hf-serve-cb" if continuous_batching else "hf-serve"
     return spawn(
-        hf_serve_command(model_dir, port, continuous_batching, host),
+        hf_serve_command(model_dir, port, continuous_batching, host, kv_tokens=kv_tokens),
         log_path or default_log_path(name, port),
         env=offline_env(**extra),
     )

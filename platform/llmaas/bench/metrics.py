@@ -4,7 +4,7 @@ As ``vllm bench serve`` reports them:
 
 - TTFT: time to the first visible text; TPOT: ``(e2e - TTFT) / (completion_tokens - 1)`` per request;
   ITL: the gaps between a stream's messages after the first (one message holds ``stream_interval``
-  tokens); e2e: the whole request. Each as p50 / p90 / p99.
+  tokens, by default more than one under load); e2e: the whole request. Each as p50 / p90 / p99.
 - Goodput under SLOs (``--goodput ttft:500,tpot:100``, in ms): requests per second that met every
   SLO; a failed request meets none.
 - Prefix-cache hits: ``usage.prompt_tokens_details.cached_tokens`` summed where the server reports

@@ -153,14 +153,29 @@ def run_naive(model_dir: Path, spec: ModelSpec, config: BenchConfig) -> list[Lev
     )
 
 
+def kv_budget_tokens(model_dir: Path, spec: ModelSpec) -> int | None:
+    """The tokens ``spec``'s ``kv_cache_bytes`` holds for the model at ``model_dir`` (None: unset)."""
+    if spec.batching.kv_cache_bytes is None:
+        return None
+    from transformers import AutoConfig
+
+    from llmaas.engine.model_config import kv_bytes_per_token
+    from llmaas.engine.runner import TORCH_DTYPES
+
+    per_token = kv_bytes_per_token(AutoConfig.from_pretrained(model_dir), TORCH_DTYPES[spec.torch_dtype_name])
+    return int(spec.batching.kv_cache_bytes) // per_token
+
+
 def run_hf_serve(model_dir: Path, spec: ModelSpec, config: BenchConfig) -> list[LevelReport]:
     from llmaas.bench.hf_serve import start_hf_serve
 
-    # NOTE: its best mode (continuous batching), non-streaming (its faster wire format).
+    # NOTE: its best mode (continuous batching), non-streaming (its faster wire format), with the
+    # replica's threads and KV budget (sized from free memory, its cache took what Ray's store left)
+    kv_tokens = kv_budget_tokens(model_dir, spec)
     return _sweep_process(
         "hf-serve",
         lambda port, log: start_hf_serve(
-            model_dir, port, True, torch_threads=spec.resources.threads, log_path=log
+            model_dir, port, True, torch_threads=spec.resources.threads, log_path=log, kv_tokens=kv_tokens
         ),
         lambda url: Target(name="hf-serve", url=url, model=str(model_dir), stream=False, style="hf-serve"),
         config,

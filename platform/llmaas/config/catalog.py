@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from enum import Enum
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from pydantic import ByteSize, Field, field_validator, model_validator
 
@@ -112,13 +112,13 @@ class BatchingConfig(BaseConfig):
     batch_wait_ms: float = Field(
         default=2.0, ge=0.0, le=1000.0, description="How long a new batch waits for more requests to join."
     )
-    stream_interval: int = Field(
-        default=1,
-        ge=1,
-        le=64,
+    stream_interval: int | Literal["auto"] = Field(
+        default="auto",
         description=(
             "Tokens per streamed message after the first (which is sent at once). Above 1, fewer"
-            " messages cross Serve and SSE under load, at the cost of burstier streams."
+            " messages cross Serve and SSE under load, at the cost of burstier streams. 'auto': one"
+            " token a message while at most 8 streams run, then as many as keep a replica's messages"
+            " at 8 per decoding step (32 streams: 4 tokens a message)."
         ),
     )
     kv_cache_bytes: ByteSize | None = Field(
@@ -150,6 +150,13 @@ class BatchingConfig(BaseConfig):
             " gap between tokens stays within about twice its usual one, on any hardware)."
         ),
     )
+
+    @field_validator("stream_interval", mode="before")
+    @classmethod
+    def _interval(cls, value: Any) -> Any:
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 64):
+            return value
+        raise ValueError(f"'auto' or a number of tokens from 1 to 64, not {value!r}")
 
 
 class PrefixCacheConfig(BaseConfig):

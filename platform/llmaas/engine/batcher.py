@@ -35,7 +35,7 @@ from typing import Any, Literal
 import torch
 
 from llmaas.config.catalog import ModelSpec
-from llmaas.engine.chunks import coalesced
+from llmaas.engine.chunks import coalesced, interval_policy
 from llmaas.engine.detokenizer import Decoder, IncrementalDetokenizer
 from llmaas.engine.errors import EngineNotReady, InvalidStructuredOutput
 from llmaas.engine.guided import GrammarCompiler
@@ -184,6 +184,7 @@ class BatchScheduler:
             queue.Queue()
         )
         self._running = 0
+        self._stream_interval = interval_policy(self.spec.batching.stream_interval, lambda: self._running)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_error: str | None = None
@@ -261,7 +262,7 @@ class BatchScheduler:
         if self.failed:  # NOTE: fail() ran between the check above and the add: it did not see seq
             self.fail(self.last_error or "the engine failed")
         try:
-            async for chunk in coalesced(seq.out, request.stream, self.spec.batching.stream_interval):
+            async for chunk in coalesced(seq.out, request.stream, self._stream_interval):
                 yield chunk
         finally:
             self._live.discard(seq)

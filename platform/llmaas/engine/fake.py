@@ -40,7 +40,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from llmaas.config.catalog import ModelSpec, Task
-from llmaas.engine.chunks import coalesced
+from llmaas.engine.chunks import coalesced, interval_policy
 from llmaas.engine.detokenizer import IncrementalDetokenizer
 from llmaas.engine.errors import EngineError, EngineNotReady, InvalidStructuredOutput, UnsupportedTask
 from llmaas.engine.protocol import Engine
@@ -223,6 +223,9 @@ class FakeEngine(Engine):
         self._decoder = FakeDecoder({*range(FIRST_WORD_ID), self.args.eos_token_id})
         self._waiting: deque[FakeSequence] = deque()
         self._running: list[FakeSequence] = []
+        self._stream_interval = interval_policy(
+            self.spec.batching.stream_interval, lambda: len(self._running)
+        )
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
@@ -274,7 +277,7 @@ class FakeEngine(Engine):
         self._wake.set()
         try:
             # NOTE: messages are shaped as BatchScheduler's (llmaas.engine.chunks)
-            async for chunk in coalesced(seq.out, request.stream, self.spec.batching.stream_interval):
+            async for chunk in coalesced(seq.out, request.stream, self._stream_interval):
                 yield chunk
         finally:
             if not seq.done:  # closed early (client gone): the slot is free from now on

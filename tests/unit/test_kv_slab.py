@@ -6,7 +6,7 @@ import torch
 from transformers.cache_utils import DynamicLayer
 
 from llmaas.engine.kv_budget import KVBudget
-from llmaas.engine.kv_slab import SlabLayer, compaction_order
+from llmaas.engine.kv_slab import SlabLayer, SlabLimits, compaction_order
 from llmaas.engine.model_config import kv_bytes_per_token
 
 
@@ -95,6 +95,41 @@ def test_rows_join_and_leave_in_place_and_match_plain_tensors():
     assert slab._k.buffer is not buffer
     assert torch.equal(slab.keys, keys) and torch.equal(slab.values, values)
     assert slab.get_seq_length() == 80
+
+
+def _slots(layer: SlabLayer) -> int:
+    assert layer._k is not None
+    return layer._k.buffer.shape[0] * layer._k.buffer.shape[2]
+
+
+def test_spare_rows_and_tokens_stay_within_the_budget_and_decode_steps_keep_their_room():
+    # unbounded: 16 rows of 300 tokens get 8 spare rows and 2 x 75 tokens of headroom (1.9x)
+    free = SlabLayer()
+    free.update(*_kv(16, 300, 0))
+    assert _slots(free) == 24 * 450
+    # a budget of 16 x 340 slots: the spare rows go first, then the left room; decode steps keep theirs
+    limit = 16 * 340
+    slab, plain = SlabLayer(SlabLimits(limit)), DynamicLayer()
+    for step, tokens in enumerate([300, *[1] * 40]):
+        k, v = _kv(16, tokens, step)
+        got, want = slab.update(k, v), plain.update(k, v)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+        assert _slots(slab) <= limit
+    assert slab.get_seq_length() == 340
+    # a join still fits when the budget has room for it (admission's rule), and matches plain tensors
+    slab.batch_select_indices(torch.arange(8))
+    keys, values = _kv(4, 340, 99)
+    slab.join(keys, values)
+    assert slab.keys is not None and plain.keys is not None
+    assert torch.equal(slab.keys[8:], keys) and torch.equal(slab.keys[:8], plain.keys[:8])
+    assert _slots(slab) <= limit
+
+
+def test_one_prompt_prefilled_in_chunks_keeps_no_spare_rows():
+    slab = SlabLayer(SlabLimits(spare_rows=False))
+    slab.update(*_kv(1, 2000, 0))
+    assert slab._k is not None and slab._k.buffer.shape[0] == 1
+    assert _slots(slab) == 2000 + 2 * 500
 
 
 def test_kv_budget_from_model_shape():

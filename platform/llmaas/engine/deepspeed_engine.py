@@ -14,8 +14,7 @@ from llmaas.config.catalog import ModelSpec
 from llmaas.engine.batcher import BatchScheduler
 from llmaas.engine.errors import EngineError, EngineNotReady
 from llmaas.engine.guided import GrammarCompiler
-from llmaas.engine.kv_budget import KVBudget
-from llmaas.engine.model_config import model_context_length
+from llmaas.engine.kv_budget import KVBudget, context_length
 from llmaas.engine.prefix_cache import ON, PrefixCache
 from llmaas.engine.protocol import Engine
 from llmaas.engine.runner import ModelRunner, PeerGroup
@@ -75,8 +74,7 @@ class DeepSpeedEngine(Engine):
         tokenizer: Any = AutoTokenizer.from_pretrained(self.model_path)
         self.runner.load()
         config = self.runner.model_config
-        limit = model_context_length(config)
-        context = min(self.spec.max_context_length or limit, limit)
+        context = context_length(self.spec, config)
         budget = KVBudget.for_model(self.spec, config, self.runner.dtype, context)
         if budget.capacity_tokens < context:
             logger.warning(

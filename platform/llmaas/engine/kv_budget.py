@@ -17,7 +17,13 @@ from typing import Any
 import torch
 
 from llmaas.config.catalog import ModelSpec
-from llmaas.engine.model_config import kv_bytes_per_token
+from llmaas.engine.model_config import kv_bytes_per_token, model_context_length
+
+
+def context_length(spec: ModelSpec, config: Any) -> int:
+    """The context a replica serves: the catalog's ``max_context_length`` within the model's own."""
+    limit = model_context_length(config)
+    return min(spec.max_context_length or limit, limit)
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,16 @@ keeps K/V in buffers with spare rows and spare tokens on both sides of the live 
 - departing rows are replaced by the last rows (only those move);
 - joining rows are written below the live rows, right-aligned, left-padded with zeros;
 - only running out of room copies the live block, into a buffer with fresh headroom.
+
+The spare rows and tokens stay within the replica's KV budget (``limit``, in token slots: rows x
+tokens): near it they shrink, spare rows first and the room for decode steps last, never below
+what the live block needs, which admission keeps within the budget (``llmaas.engine.kv_budget``).
+A cache that only grows one prompt (chunked prefill) keeps no spare rows.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -27,6 +33,26 @@ def _spare_rows(rows: int) -> int:
     return max(8, rows // 2)
 
 
+@dataclass(frozen=True)
+class SlabLimits:
+    """How much a slab may hold beyond its live block."""
+
+    limit: int | None = None  # token slots (rows x tokens) a buffer may take; None: unbounded
+    spare_rows: bool = True  # rows for joining sequences (a running batch); False: one prompt
+
+
+def _shape(rows: int, tokens: int, limits: SlabLimits) -> tuple[int, int, int]:
+    """Row capacity, token capacity and left room of a buffer for ``rows`` x ``tokens`` live slots."""
+    room = _headroom(tokens)
+    row_capacity = rows + (_spare_rows(rows) if limits.spare_rows else 0)
+    token_capacity = tokens + 2 * room
+    if limits.limit is not None and row_capacity * token_capacity > limits.limit:
+        row_capacity = max(rows, min(row_capacity, limits.limit // token_capacity))
+        token_capacity = max(tokens, min(token_capacity, limits.limit // row_capacity))
+    spare = token_capacity - tokens
+    return row_capacity, token_capacity, spare - min(room, spare)  # decode steps' room goes last
+
+
 class _Slab:
     """One tensor's buffer ``[row capacity, heads, token capacity, dim]``.
 
@@ -34,14 +60,21 @@ class _Slab:
     whatever a row's attention mask hides is finite (a NaN there would poison softmax @ V).
     """
 
-    def __init__(self, value: torch.Tensor, *, extra_rows: int = 0, left: int = 0, right: int = 0) -> None:
+    def __init__(
+        self,
+        value: torch.Tensor,
+        limits: SlabLimits,
+        *,
+        extra_rows: int = 0,
+        left: int = 0,
+        right: int = 0,
+    ) -> None:
         batch, heads, tokens, dim = value.shape
-        room = _headroom(tokens + left + right)
-        rows = batch + extra_rows
-        capacity = left + tokens + right + 2 * room
-        self.buffer = value.new_zeros((rows + _spare_rows(rows), heads, capacity, dim))
+        row_capacity, token_capacity, left_room = _shape(batch + extra_rows, left + tokens + right, limits)
+        self.limits = limits
+        self.buffer = value.new_zeros((row_capacity, heads, token_capacity, dim))
         self.rows = batch
-        self.start = room + left
+        self.start = left_room + left
         self.end = self.start + tokens
         self.buffer[:batch, :, self.start : self.end] = value
 
@@ -57,7 +90,7 @@ class _Slab:
         """Write ``value`` (every live row) after the live block: in place, or into a bigger copy."""
         tokens = value.shape[2]
         if self.end + tokens > self.buffer.shape[2]:
-            return _Slab(self.live, right=tokens).append(value)
+            return _Slab(self.live, self.limits, right=tokens).append(value)
         self.buffer[: self.rows, :, self.end : self.end + tokens] = value
         self.end += tokens
         return self
@@ -67,7 +100,7 @@ class _Slab:
         rows, tokens = value.shape[0], value.shape[2]
         wider = max(0, tokens - self.width)
         if self.rows + rows > self.buffer.shape[0] or wider > self.start:
-            return _Slab(self.live, extra_rows=rows, left=wider).join(value)
+            return _Slab(self.live, self.limits, extra_rows=rows, left=wider).join(value)
         if wider:
             self.start -= wider
             self.buffer[: self.rows, :, self.start : self.start + wider] = 0
@@ -116,8 +149,9 @@ def compaction_order(keep: list[int]) -> list[int]:
 class SlabLayer(DynamicLayer):
     """A ``DynamicLayer`` whose ``keys``/``values`` are views of the live blocks of larger buffers."""
 
-    def __init__(self) -> None:
+    def __init__(self, limits: SlabLimits | None = None) -> None:
         super().__init__()
+        self.limits = limits or SlabLimits()
         self._k: _Slab | None = None
         self._v: _Slab | None = None
 
@@ -129,7 +163,7 @@ class SlabLayer(DynamicLayer):
 
     @keys.setter
     def keys(self, value: torch.Tensor | None) -> None:
-        self._k = _Slab(value) if value is not None and value.dim() == 4 else None
+        self._k = _Slab(value, self.limits) if value is not None and value.dim() == 4 else None
 
     @property
     def values(self) -> Any:
@@ -137,7 +171,7 @@ class SlabLayer(DynamicLayer):
 
     @values.setter
     def values(self, value: torch.Tensor | None) -> None:
-        self._v = _Slab(value) if value is not None and value.dim() == 4 else None
+        self._v = _Slab(value, self.limits) if value is not None and value.dim() == 4 else None
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
@@ -146,7 +180,7 @@ class SlabLayer(DynamicLayer):
             self.dtype, self.device = key_states.dtype, key_states.device
             self.is_initialized = True
         if self._k is None or self._v is None:
-            self._k, self._v = _Slab(key_states), _Slab(value_states)
+            self._k, self._v = _Slab(key_states, self.limits), _Slab(value_states, self.limits)
         else:
             self._k, self._v = self._k.append(key_states), self._v.append(value_states)
         return self._k.live, self._v.live
@@ -177,8 +211,8 @@ class SlabLayer(DynamicLayer):
         self.is_initialized = False
 
 
-def slab_cache(config: Any) -> DynamicCache:
+def slab_cache(config: Any, limits: SlabLimits | None = None) -> DynamicCache:
     """A ``DynamicCache`` for ``config`` whose layers are ``SlabLayer``s."""
     cache = DynamicCache(config=config)
-    cache.layers = [SlabLayer() for _ in cache.layers]
+    cache.layers = [SlabLayer(limits) for _ in cache.layers]
     return cache

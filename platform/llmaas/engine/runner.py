@@ -23,7 +23,8 @@ from typing import Any, Literal, Protocol
 import torch
 
 from llmaas.config.catalog import ModelSpec
-from llmaas.engine.kv_slab import SlabLayer, slab_cache
+from llmaas.engine.kv_budget import KVBudget, context_length
+from llmaas.engine.kv_slab import SlabLayer, SlabLimits, slab_cache
 from llmaas.engine.lora import MultiLora
 from llmaas.engine.quantize import quantize_model
 
@@ -107,6 +108,7 @@ class ShardRunner:
         self.prefilled: Any = None  # the last prefill's KV (new rows only), held for ``take_kv``
         self.partial: Any = None  # the KV of a prompt being prefilled in chunks, until its last chunk
         self.lora: MultiLora | None = None  # LoRA adapters over ``model``, once one is loaded
+        self.kv_limit: int | None = None  # token slots the running batch's cache may take (the budget)
 
     def load(self, master_addr: str = "127.0.0.1", master_port: int = 0) -> dict[str, Any]:
         """Form the process group (TP > 1), load the weights, wrap them with DeepSpeed-inference."""
@@ -139,6 +141,9 @@ class ShardRunner:
         )
         self.model = quantize_model(engine.module, self.spec.quantization)
         self.device = next(self.model.parameters()).device
+        config = self.model.config
+        budget = KVBudget.for_model(self.spec, config, dtype, context_length(self.spec, config))
+        self.kv_limit = budget.capacity_tokens
         loaded = time.perf_counter() - started
         logger.info("rank %d of %s loaded in %.1fs", self.rank, self.spec.id, loaded)
         return {"rank": self.rank, "load_s": loaded, "device": str(self.device)}
@@ -172,7 +177,9 @@ class ShardRunner:
             if target is None:
                 raise RuntimeError("a chunked prefill resumed, but no earlier chunk is held")
         elif step.kind in ("prefill", "chunk") and self.supports_join:
-            target = slab_cache(self.model.config)
+            # NOTE: a prompt prefilled in chunks gets spare rows once it joins the running batch
+            limits = SlabLimits(self.kv_limit, spare_rows=step.kind == "prefill")
+            target = slab_cache(self.model.config, limits)
         elif step.kind == "score":
             target = None
         else:

@@ -32,8 +32,8 @@ def merge_chunks(first: GenerationChunk, second: GenerationChunk) -> GenerationC
 
 
 # "auto" stream_interval: the messages a replica sends per decoding step, at most, once more than
-# this many streams run (each message crosses Serve's streaming handle twice and becomes an SSE event:
-# at 32 streams of one token each, those hops cost more CPU than the step)
+# this many streams run (each message crosses Serve's streaming handle twice and becomes an SSE event,
+# a cost on the CPU the model shares that grows with the streams, not with the step)
 AUTO_MESSAGES_PER_STEP = 8
 
 

@@ -159,11 +159,12 @@ def kv_budget_tokens(model_dir: Path, spec: ModelSpec) -> int | None:
         return None
     from transformers import AutoConfig
 
-    from llmaas.engine.model_config import kv_bytes_per_token
+    from llmaas.engine.kv_budget import KVBudget, context_length
     from llmaas.engine.runner import TORCH_DTYPES
 
-    per_token = kv_bytes_per_token(AutoConfig.from_pretrained(model_dir), TORCH_DTYPES[spec.torch_dtype_name])
-    return int(spec.batching.kv_cache_bytes) // per_token
+    config = AutoConfig.from_pretrained(model_dir)
+    dtype = TORCH_DTYPES[spec.torch_dtype_name]
+    return KVBudget.for_model(spec, config, dtype, context_length(spec, config)).capacity_tokens
 
 
 def run_hf_serve(model_dir: Path, spec: ModelSpec, config: BenchConfig) -> list[LevelReport]:

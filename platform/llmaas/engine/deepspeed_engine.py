@@ -14,7 +14,7 @@ from llmaas.config.catalog import ModelSpec
 from llmaas.engine.batcher import BatchScheduler
 from llmaas.engine.errors import EngineError, EngineNotReady
 from llmaas.engine.guided import GrammarCompiler
-from llmaas.engine.kv_budget import KVBudget, context_length
+from llmaas.engine.kv_budget import context_length
 from llmaas.engine.prefix_cache import ON, PrefixCache
 from llmaas.engine.protocol import Engine
 from llmaas.engine.runner import ModelRunner, PeerGroup
@@ -75,7 +75,7 @@ class DeepSpeedEngine(Engine):
         self.runner.load()
         config = self.runner.model_config
         context = context_length(self.spec, config)
-        budget = KVBudget.for_model(self.spec, config, self.runner.dtype, context)
+        budget = self.runner.kv_budget
         if budget.capacity_tokens < context:
             logger.warning(
                 "model %s: kv_cache_bytes holds %d tokens, so its context is cut from %d to %d",

@@ -108,7 +108,7 @@ class ShardRunner:
         self.prefilled: Any = None  # the last prefill's KV (new rows only), held for ``take_kv``
         self.partial: Any = None  # the KV of a prompt being prefilled in chunks, until its last chunk
         self.lora: MultiLora | None = None  # LoRA adapters over ``model``, once one is loaded
-        self.kv_limit: int | None = None  # token slots the running batch's cache may take (the budget)
+        self.kv_budget: KVBudget | None = None  # what the running batch's cache may hold, once loaded
 
     def load(self, master_addr: str = "127.0.0.1", master_port: int = 0) -> dict[str, Any]:
         """Form the process group (TP > 1), load the weights, wrap them with DeepSpeed-inference."""
@@ -142,8 +142,7 @@ class ShardRunner:
         self.model = quantize_model(engine.module, self.spec.quantization)
         self.device = next(self.model.parameters()).device
         config = self.model.config
-        budget = KVBudget.for_model(self.spec, config, dtype, context_length(self.spec, config))
-        self.kv_limit = budget.capacity_tokens
+        self.kv_budget = KVBudget.for_model(self.spec, config, dtype, context_length(self.spec, config))
         loaded = time.perf_counter() - started
         logger.info("rank %d of %s loaded in %.1fs", self.rank, self.spec.id, loaded)
         return {"rank": self.rank, "load_s": loaded, "device": str(self.device)}
@@ -178,7 +177,8 @@ class ShardRunner:
                 raise RuntimeError("a chunked prefill resumed, but no earlier chunk is held")
         elif step.kind in ("prefill", "chunk") and self.supports_join:
             # NOTE: a prompt prefilled in chunks gets spare rows once it joins the running batch
-            limits = SlabLimits(self.kv_limit, spare_rows=step.kind == "prefill")
+            budget = self.kv_budget.capacity_tokens if self.kv_budget is not None else None
+            limits = SlabLimits(budget, spare_rows=step.kind == "prefill")
             target = slab_cache(self.model.config, limits)
         elif step.kind == "score":
             target = None
@@ -332,6 +332,13 @@ class ModelRunner:
     @property
     def dtype(self) -> torch.dtype:
         return TORCH_DTYPES[self.local.spec.torch_dtype_name]
+
+    @property
+    def kv_budget(self) -> KVBudget:
+        """Rank 0's KV budget (every rank computes the same from the catalog and the model)."""
+        if self.local.kv_budget is None:
+            raise RuntimeError("the model is not loaded")
+        return self.local.kv_budget
 
     @functools.cached_property
     def supports_join(self) -> bool:
